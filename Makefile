@@ -1,0 +1,59 @@
+# The workbook's commands. Each creates .venv on first use (pinned versions) and reuses it afterwards.
+#   make workbook   run every notebook headless into build/ (+ HTML) and print a summary table
+#   make test       unit tests of course_utils + strict `pytest --nbval` on the notebooks (CI runs this)
+#   make notebooks  re-execute the notebooks in place so their committed outputs are fresh
+#   make lab        JupyterLab on the project
+#   make slides     build the Marp decks into build/slides/
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DS_ACCELERATOR := cpu
+export TOKENIZERS_PARALLELISM := false
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+NBVAL_FLAGS := --nbval --nbval-current-env --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
+
+.PHONY: venv workbook test unit nbval notebooks lab slides clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet torch==2.13.0
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (workbook)" > /dev/null
+	touch $(STAMP)
+
+workbook: $(STAMP)
+	$(PY) scripts/run_notebooks.py --out build
+
+notebooks: $(STAMP)
+	$(PY) scripts/run_notebooks.py --inplace --out build/inplace
+
+unit: $(STAMP)
+	$(PY) -m pytest tests -q
+
+nbval: $(STAMP)
+	$(PY) -m pytest $(NBVAL_FLAGS) notebooks/ -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "nbval: no notebooks collected"; rc=0; fi; exit $$rc
+
+test: unit nbval
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=.
+
+slides: $(STAMP)
+	$(PY) scripts/build_slides.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,210 @@
+"""Environment: platform detection, offline settings, seeding, device/dtype choice, version checks.
+
+Import this module (and call :func:`setup_offline`) before importing transformers or deepspeed in a
+notebook: DeepSpeed prints a timestamped line to stdout unless ``DS_ACCELERATOR`` is set first.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from course_utils import PROJECT_ROOT
+
+OFFLINE_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DS_ACCELERATOR": "cpu",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DISABLE_VERSION_CHECK": "1",
+}
+
+
+def setup_offline(offline: bool = True, ds_accelerator: str | None = "cpu") -> dict[str, str]:
+    """Set the environment variables for an offline, CPU-safe run and return what was set.
+
+    ``offline=False`` leaves the Hub reachable (a user with a network who wants a real model).
+    ``ds_accelerator=None`` lets DeepSpeed pick the accelerator itself (on a GPU machine).
+    Existing values set by the user are kept.
+    """
+    wanted = dict(OFFLINE_ENV)
+    if not offline:
+        for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            wanted.pop(key)
+    if ds_accelerator is None:
+        wanted.pop("DS_ACCELERATOR")
+    else:
+        wanted["DS_ACCELERATOR"] = ds_accelerator
+    for key, value in wanted.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in wanted}
+
+
+def detect_platform() -> str:
+    """Return ``"colab"``, ``"autodl"``, ``"kaggle"`` or ``"local"``."""
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG") or os.environ.get("COLAB_GPU"):
+        return "colab"
+    if os.environ.get("AutoDLContainerUUID") or Path("/root/autodl-tmp").exists():
+        return "autodl"
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+        return "kaggle"
+    return "local"
+
+
+def seed_everything(seed: int = 0, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA); optionally ask torch for deterministic kernels."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if torch.cuda.is_available():
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+
+
+def pick_device(preference: str = "auto") -> "torch.device":
+    """Resolve ``"auto"`` to cuda, then mps, then cpu; any other string is passed to ``torch.device``."""
+    import torch
+
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What precision to train in on a device, and why."""
+
+    dtype: "torch.dtype"
+    bf16: bool
+    fp16: bool
+    needs_grad_scaler: bool
+    reason: str
+
+
+def pick_precision(device: "torch.device | str") -> PrecisionChoice:
+    """Choose the training precision for ``device``.
+
+    bf16 only where ``torch.cuda.is_bf16_supported()`` (Ampere and newer); older CUDA GPUs such as the
+    Colab T4 get fp16 with a gradient scaler (fp16 overflows without loss scaling); CPU and MPS train in
+    fp32 in this workbook.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice(torch.bfloat16, True, False, False, "CUDA GPU with bf16 support")
+        return PrecisionChoice(torch.float16, False, True, True, "CUDA GPU without bf16 (e.g. T4): fp16 + GradScaler")
+    return PrecisionChoice(torch.float32, False, False, False, f"{device.type}: fp32")
+
+
+def trainer_precision_kwargs(device: "torch.device | str") -> dict[str, bool]:
+    """``bf16``/``fp16`` keyword arguments for ``TrainingArguments`` on ``device``."""
+    choice = pick_precision(device)
+    return {"bf16": choice.bf16, "fp16": choice.fp16}
+
+
+def read_pins(pyproject: Path | None = None) -> dict[str, str]:
+    """Read the ``name==version`` pins from the project's ``pyproject.toml`` (dependencies only)."""
+    import tomllib
+
+    pyproject = pyproject or PROJECT_ROOT / "pyproject.toml"
+    data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    pins: dict[str, str] = {}
+    for requirement in data["project"]["dependencies"]:
+        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*==\s*([^\s;]+)", requirement)
+        if match:
+            pins[match.group(1)] = match.group(2)
+    return pins
+
+
+def _base_version(version: str) -> str:
+    return version.split("+", 1)[0]
+
+
+def check_versions(pins: dict[str, str] | None = None, verbose: bool = True) -> dict[str, tuple[str, str, bool]]:
+    """Compare installed package versions with the pins; print OK/FAIL per package.
+
+    Returns ``{package: (pinned, installed, ok)}``. A local build tag (``2.13.0+cpu``) matches ``2.13.0``.
+    """
+    pins = pins if pins is not None else read_pins()
+    rows: dict[str, tuple[str, str, bool]] = {}
+    for name, pinned in sorted(pins.items()):
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = "missing"
+        ok = _base_version(installed) == _base_version(pinned)
+        rows[name] = (pinned, installed, ok)
+        if verbose:
+            print(f"{'OK  ' if ok else 'FAIL'} {name:<18} pinned {pinned:<10} installed {installed}")
+    return rows
+
+
+def describe(device: "torch.device | None" = None) -> dict[str, str]:
+    """A small dictionary describing the machine, for the environment notebook and model cards."""
+    import torch
+
+    device = device or pick_device()
+    info = {
+        "platform": detect_platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "cuda_available": str(torch.cuda.is_available()),
+        "precision": pick_precision(device).reason,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def record_key_figure(name: str, value: float | int | str) -> None:
+    """Record the figure a notebook reports (final loss, accuracy, ...) for ``make workbook``'s summary.
+
+    Writes to ``$WORKBOOK_METRICS_FILE`` (a JSON object) when the runner sets it; otherwise does nothing.
+    """
+    path = os.environ.get("WORKBOOK_METRICS_FILE")
+    if not path:
+        return
+    target = Path(path)
+    data = json.loads(target.read_text(encoding="utf-8")) if target.exists() else {}
+    data[name] = value
+    target.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def cache_dir() -> Path:
+    """The project's cache folder (``$COURSE_CACHE`` or ``<repo>/.cache``), created on demand."""
+    path = Path(os.environ.get("COURSE_CACHE", PROJECT_ROOT / ".cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def hub_endpoint_hint() -> str:
+    """How to reach model weights from mainland China (printed by notebooks, never applied silently)."""
+    return (
+        "Hugging Face Hub unreachable? Set HF_ENDPOINT=https://hf-mirror.com before importing transformers, "
+        "or download with ModelScope: `pip install modelscope; modelscope download --model Qwen/Qwen2.5-0.5B`, "
+        "then pass the local folder as MODEL."
+    )

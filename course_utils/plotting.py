@@ -1,0 +1,59 @@
+"""Plotting: small matplotlib helpers shared by notebooks and slides."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from course_utils import PROJECT_ROOT
+
+FIGURES_DIR: Path = PROJECT_ROOT / "slides" / "figures"
+
+
+def savefig(fig: "matplotlib.figure.Figure", name: str, dpi: int = 100) -> Path:
+    """Save ``fig`` as ``slides/figures/<name>.png`` so the lecture decks use the notebooks' own plots."""
+    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+    path = FIGURES_DIR / f"{name}.png"
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def plot_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str = "",
+    xlabel: str = "step",
+    ylabel: str = "loss",
+    logy: bool = False,
+) -> "matplotlib.figure.Figure":
+    """Plot named ``(x, y)`` curves on one axis and return the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, (xs, ys) in curves.items():
+        ax.plot(list(xs), list(ys), label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def use_cjk_font() -> str | None:
+    """Pick an installed font that can draw Chinese labels, if any; return its name (None: keep the default)."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    wanted = ("Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC")
+    available = {font.name for font in font_manager.fontManager.ttflist}
+    for name in wanted:
+        if name in available:
+            matplotlib.rcParams["font.sans-serif"] = [name, *matplotlib.rcParams["font.sans-serif"]]
+            matplotlib.rcParams["axes.unicode_minus"] = False
+            return name
+    return None

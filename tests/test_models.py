@@ -1,0 +1,70 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from course_utils import models, tokenizer
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer():
+    texts = ["The capital of Foo is Bar. 你好，世界。 3 + 4 = 7"] * 50
+    return tokenizer.train_tiny_tokenizer(texts, vocab_size=300)
+
+
+def test_tiny_config_uses_tokenizer_ids(small_tokenizer):
+    config = models.tiny_config(small_tokenizer)
+    assert config.vocab_size == len(small_tokenizer)
+    assert config.pad_token_id == small_tokenizer.pad_token_id == 3
+    assert config.eos_token_id == small_tokenizer.eos_token_id == 2
+    assert config.model_type == "qwen2" and config.tie_word_embeddings
+
+
+def test_build_model_is_seeded_and_counts_match_formula(small_tokenizer):
+    a = models.build_model("tiny", small_tokenizer, seed=1)
+    b = models.build_model("tiny", small_tokenizer, seed=1)
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), name
+    assert a.num_parameters() == models.count_parameters_formula(a.config)
+    with pytest.raises(ValueError, match="unknown preset"):
+        models.build_model("huge", small_tokenizer)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+        Qwen2Config(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+        Qwen2Config(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False),
+    ],
+)
+def test_parameter_formula_matches_transformers(config):
+    assert models.count_parameters_formula(config) == AutoModelForCausalLM.from_config(config).num_parameters()
+
+
+def test_qwen25_05b_formula_matches_published_size():
+    # Qwen2.5-0.5B's config (values from its config.json): 494,032,768 parameters with tied embeddings.
+    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
+    assert models.count_parameters_formula(config) == 494_032_768
+
+
+def test_tiny_base_loads_offline_and_predicts():
+    if not (models.TINY_BASE_DIR / "model.safetensors").exists():
+        pytest.fail("data_samples/tiny_base is missing: run python scripts/make_tiny_base.py")
+    model, tok = models.load_model_and_tokenizer("tiny-base")
+    assert model.num_parameters() == models.count_parameters_formula(model.config)
+    assert model.config.vocab_size == len(tok)
+    batch = tok(["The capital of"], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch, labels=batch["input_ids"])
+    assert torch.isfinite(out.loss)
+    assert out.logits.shape == (1, batch["input_ids"].shape[1], len(tok))
+
+
+def test_hub_model_needs_network_offline():
+    with pytest.raises(OSError):
+        models.load_model_and_tokenizer("Qwen/Qwen2.5-0.5B")
+    assert models.is_local_model("tiny") and not models.is_local_model("Qwen/Qwen2.5-0.5B")
