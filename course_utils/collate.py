@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -255,3 +256,114 @@ def pack_to_blocks(
         positions.append(row_pos)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.long).reshape(len(values), block_size)  # noqa: E731
     return {"input_ids": as_tensor(ids), "labels": as_tensor(labels), "position_ids": as_tensor(positions)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batching strategies, measured (notebook 03 and scripts/bench_batching.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+STRATEGIES: tuple[str, ...] = (
+    "pad_to_max_length",
+    "dynamic_padding",
+    "length_grouped",
+    "packing_group_texts",
+    "packing_position_ids",
+    "padding_free_flatten",
+)
+
+
+@dataclass
+class StrategyBatches:
+    """The batches one strategy makes from a dataset, with its token accounting."""
+
+    strategy: str
+    batches: list[dict[str, torch.Tensor]]
+    real_tokens: int
+    positions: int
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of computed positions that hold padding."""
+        return 1.0 - self.real_tokens / self.positions if self.positions else 0.0
+
+
+def build_batches(
+    examples: Sequence[Mapping[str, Any]],
+    strategy: str,
+    batch_size: int,
+    pad_id: int,
+    max_length: int,
+    seed: int = 0,
+) -> StrategyBatches:
+    """Cut ``examples`` (``input_ids`` [+ ``labels``], each <= ``max_length``) into batches with one strategy.
+
+    ``pad_to_max_length``: random batches padded to ``max_length``; ``dynamic_padding``: random batches padded
+    to their longest; ``length_grouped``: :func:`length_grouped_batches` + dynamic padding;
+    ``packing_group_texts``: everything concatenated and cut into ``max_length`` blocks (documents cut and
+    attending to each other; labels = input_ids; the incomplete last block is dropped);
+    ``packing_position_ids``: :func:`pack_to_blocks`, whole documents, attention kept inside each;
+    ``padding_free_flatten``: random batches flattened into one row each (:func:`flatten_collate`).
+    """
+    from course_utils.data import group_texts
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; known: {STRATEGIES}")
+    too_long = [i for i, ex in enumerate(examples) if len(ex["input_ids"]) > max_length]
+    if too_long:
+        raise ValueError(f"{len(too_long)} examples longer than max_length={max_length} (first: {too_long[0]})")
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    batches: list[dict[str, torch.Tensor]] = []
+    if strategy in ("pad_to_max_length", "dynamic_padding", "length_grouped", "padding_free_flatten"):
+        order = (
+            length_grouped_batches(lengths, batch_size, seed=seed)
+            if strategy == "length_grouped"
+            else random_batches(len(examples), batch_size, seed=seed)
+        )
+        for indices in order:
+            items = [examples[i] for i in indices]
+            if strategy == "padding_free_flatten":
+                batches.append(flatten_collate(items))
+            else:
+                length = max_length if strategy == "pad_to_max_length" else None
+                batches.append(causal_lm_collate(items, pad_id, pad_to_length=length))
+        real = sum(lengths)
+    elif strategy == "packing_group_texts":
+        blocks = group_texts({"input_ids": [list(ex["input_ids"]) for ex in examples]}, max_length)
+        order = random_batches(len(blocks["input_ids"]), batch_size, seed=seed)
+        for indices in order:
+            batches.append(
+                {
+                    "input_ids": torch.tensor([blocks["input_ids"][i] for i in indices]),
+                    "labels": torch.tensor([blocks["labels"][i] for i in indices]),
+                }
+            )
+        real = len(blocks["input_ids"]) * max_length
+    else:  # packing_position_ids
+        packed = pack_to_blocks([list(ex["input_ids"]) for ex in examples], max_length, pad_id)
+        order = random_batches(packed["input_ids"].shape[0], batch_size, seed=seed)
+        for indices in order:
+            batches.append({key: value[indices] for key, value in packed.items()})
+        real = sum(lengths)
+    positions = sum(batch["input_ids"].numel() for batch in batches)
+    return StrategyBatches(strategy, batches, real, positions)
+
+
+def time_training(
+    model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], learning_rate: float = 1e-3
+) -> float:
+    """Seconds for one training pass (forward, backward, AdamW step) over ``batches``; the model is changed.
+
+    Sets ``use_cache=False``: with a KV cache object present, transformers ignores packed ``position_ids``
+    and lets documents attend to each other.
+    """
+    import time
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    start = time.perf_counter()
+    for batch in batches:
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start

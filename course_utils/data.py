@@ -188,11 +188,11 @@ EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.
 #: Mainland mobile numbers (optionally +86, optionally split by spaces or dashes), landlines such as 010-12345678,
 #: and North-American style (555) 123-4567 / 555-123-4567. Digit runs are bounded so ids and years are not touched.
 PHONE_RE = re.compile(
-    r"(?<![\w+])(?:"
+    r"(?<![0-9A-Za-z_+])(?:"
     r"(?:\+?86[\s\-]?)?1[3-9]\d(?:[\s\-]?\d{4}){2}"
     r"|0\d{2,3}-\d{7,8}"
     r"|(?:\+?1[\s\-]?)?(?:\(\d{3}\)\s?|\d{3}[\s\-])\d{3}[\s\-]\d{4}"
-    r")(?!\w)"
+    r")(?![0-9A-Za-z_])"
 )
 EMAIL_TOKEN = "<EMAIL>"
 PHONE_TOKEN = "<PHONE>"
@@ -347,12 +347,16 @@ def rule_no_banned_words(banned: Iterable[str], fields: Sequence[str] = ("instru
 
 
 def rule_language(allowed: Iterable[str] = ("zh", "en"), fields: Sequence[str] = ("instruction", "output")) -> Rule:
-    """Keep rows whose concatenated ``fields`` are detected as one of ``allowed`` languages."""
+    """Keep rows where each non-empty field of ``fields`` is detected as one of ``allowed`` languages.
+
+    Field by field, because a translation row mixes languages (a Chinese instruction, an English answer)."""
     allowed = set(allowed)
-    return (
-        "language not in " + "/".join(sorted(allowed)),
-        lambda ex: detect_language(" ".join(str(ex.get(name, "")) for name in fields)) in allowed,
-    )
+
+    def keep(ex: Mapping[str, Any]) -> bool:
+        texts = [str(ex.get(name) or "") for name in fields]
+        return all(detect_language(text) in allowed for text in texts if any(ch.isalpha() for ch in text))
+
+    return ("language not in " + "/".join(sorted(allowed)), keep)
 
 
 def first_failed_rule(example: Mapping[str, Any], rules: Sequence[Rule]) -> str | None:
@@ -430,31 +434,41 @@ def minhash(text: str, num_perm: int = 128, n: int = 5, seed: int = 1) -> "datas
 
 
 def near_dedup(
-    dataset: "datasets.Dataset",
+    dataset: "datasets.Dataset | list[dict]",
     fields: Sequence[str] = ("instruction", "input", "output"),
     threshold: float = 0.8,
     num_perm: int = 128,
     n: int = 5,
     seed: int = 1,
-) -> tuple["datasets.Dataset", list[tuple[int, int, float]]]:
-    """Remove near-duplicates with MinHash LSH (``datasketch``): a row is dropped when an earlier kept row has an
-    estimated Jaccard similarity >= ``threshold``. Returns (kept rows, [(dropped index, kept index, jaccard)])."""
+    lsh_threshold: float | None = None,
+) -> tuple["datasets.Dataset | list[dict]", list[tuple[int, int, float]]]:
+    """Remove near-duplicates with MinHash LSH (``datasketch``).
+
+    LSH (at ``lsh_threshold``, default ``threshold - 0.1``, for recall) proposes candidate rows among the rows
+    kept so far; a row is dropped when a candidate's exact character-n-gram Jaccard is >= ``threshold``
+    (confirming with the exact value removes LSH's false positives and the estimate's noise). The first row of a
+    cluster is kept. Returns (kept rows, [(dropped index, kept index, jaccard)]), indices into ``dataset``.
+    """
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    signatures: dict[int, Any] = {}
+    lsh = MinHashLSH(threshold=lsh_threshold if lsh_threshold is not None else max(threshold - 0.1, 0.05),
+                     num_perm=num_perm)
+    shingles: dict[int, set[str]] = {}
     keep: list[int] = []
     pairs: list[tuple[int, int, float]] = []
     for index, example in enumerate(dataset):
-        signature = minhash(example_text(example, fields), num_perm=num_perm, n=n, seed=seed)
-        # LSH returns candidates; confirm each with the estimated Jaccard (LSH alone has false positives).
-        scored = sorted((signature.jaccard(signatures[key]), -key) for key in lsh.query(signature))
+        text = example_text(example, fields)
+        grams = char_shingles(text, n)
+        signature = minhash(text, num_perm=num_perm, n=n, seed=seed)
+        scored = sorted(
+            (len(grams & shingles[key]) / len(grams | shingles[key]), -key) for key in lsh.query(signature)
+        )
         if scored and scored[-1][0] >= threshold:
             similarity, negative_key = scored[-1]
             pairs.append((index, -negative_key, round(float(similarity), 3)))
             continue
         lsh.insert(index, signature)
-        signatures[index] = signature
+        shingles[index] = grams
         keep.append(index)
     return _select(dataset, keep), pairs
 
@@ -497,7 +511,7 @@ def sharegpt_to_messages(example: Mapping[str, Any], field_name: str = "conversa
     if example.get("system"):
         messages.append({"role": "system", "content": str(example["system"])})
     for position, turn in enumerate(example[field_name]):
-        speaker = str(turn.get("from", turn.get("role", ""))).lower()
+        speaker = str(turn.get("from", turn.get("role", "")))
         if speaker not in SHAREGPT_ROLES:
             raise ValueError(f"turn {position}: unknown speaker {speaker!r} (known: {sorted(SHAREGPT_ROLES)})")
         messages.append({"role": SHAREGPT_ROLES[speaker], "content": str(turn.get("value", turn.get("content", "")))})
@@ -573,7 +587,7 @@ class DataReport:
 
     def table(self) -> str:
         """A plain-text table: one line per step, then the totals."""
-        width = max([len(name) for name, _ in self.steps] + [20])
+        width = max([len(name) + 2 for name, _ in self.steps] + [20])
         lines = [f"{'rows in':<{width}} {self.rows_in:>6}"]
         lines += [f"{'- ' + name:<{width}} {count:>6}" for name, count in self.steps]
         lines.append(f"{'rows out':<{width}} {self.rows_out:>6}")

@@ -852,14 +852,16 @@ def _alpaca_clean_candidates(rng: random.Random, world: list[Country], lang: str
         lines = [f"{i + 1}. {_FACT_TEMPLATES[lang][a][0].format(**s)}" for i, a in enumerate(attrs)]
         ins = rng.choice(("List three facts about {name}.", "Give me three facts about {name}.") if en
                          else ("列出关于{name}的三个事实。", "请给出{name}的三条信息。")).format(**s)
-        return dict(instruction=ins, input="", output="\n".join(lines), category=cat)
+        return dict(instruction=ins, input="", output="\n".join(lines), category=cat, _key=("list", c.id, lang))
     if cat == "explain":
         term_en, term_zh, def_en, def_zh = rng.choice(_GLOSSARY)
         if en:
             ins = rng.choice(("Explain what {t} is.", "Briefly explain {t}.", "What is {t} in machine learning?"))
-            return dict(instruction=ins.format(t=term_en), input="", output=def_en, category=cat)
+            return dict(instruction=ins.format(t=term_en), input="", output=def_en, category=cat,
+                        _key=("explain", term_en))
         ins = rng.choice(("解释一下什么是{t}。", "简要说明{t}。", "{t}是什么意思？"))
-        return dict(instruction=ins.format(t=term_zh), input="", output=def_zh, category=cat)
+        return dict(instruction=ins.format(t=term_zh), input="", output=def_zh, category=cat,
+                    _key=("explain", term_zh + "/zh"))
     if cat == "rewrite":
         if rng.random() < 0.5:
             if en:
@@ -962,10 +964,10 @@ def _make_alpaca(seed: int, scale: float) -> tuple[list[dict[str, str]], dict[st
             raise RuntimeError("could not build enough unique alpaca rows")
         lang = "en" if len(base) % 2 == 0 else "zh"
         row = _alpaca_clean_candidates(rng, world, lang)
-        key = (row["instruction"], row["input"])
-        if key in seen or task_prompt(row) in test_prompts:
+        keys = [(row["instruction"], row["input"]), row.get("_key", ("output", row["output"]))]
+        if any(k in seen for k in keys) or task_prompt(row) in test_prompts:
             continue
-        seen.add(key)
+        seen.update(keys)
         base.append({"instruction": row["instruction"], "input": row["input"],
                      "output": row["output"], "category": row["category"], "_lang": lang})
     rng.shuffle(base)
@@ -1367,14 +1369,14 @@ def _human_size(n: int) -> str:
 
 
 _SCHEMAS: dict[str, str] = {
-    "pretrain": "`text` str, `lang` \"zh\"|\"en\", `source` \"facts\"|\"arithmetic\"|\"story\"|\"howto\"",
+    "pretrain": "`text` str, `lang` \"zh\" or \"en\", `source` \"facts\" / \"arithmetic\" / \"story\" / \"howto\"",
     "tasks_train": "`id`, `task` (one of TASK_TYPES), `lang`, `instruction`, `input`, `output` (gold text), `answer` (canonical)",
     "tasks_test": "same as tasks_train; held out (see below)",
     "alpaca_raw": "`id`, `instruction`, `input`, `output`, `category` — includes injected dirty rows",
     "alpaca_manifest": "JSON object: `kinds` {kind: [ids]}, `details` {id: {kind, ...}} — the answer key for cleaning",
-    "sft_messages": "`id`, `lang`, `messages` [{`role`: system|user|assistant, `content`}], 1–3 rounds",
-    "sharegpt": "`id`, `conversations` [{`from`: system|human|gpt, `value`}]",
-    "preference_train": "`id`, `task`, `lang`, `prompt`, `chosen`, `rejected`, `rejected_kind` wrong|verbose, `answer`, `source_id`",
+    "sft_messages": "`id`, `lang`, `messages` [{`role`: system / user / assistant, `content`}], 1–3 rounds",
+    "sharegpt": "`id`, `conversations` [{`from`: system / human / gpt, `value`}]",
+    "preference_train": "`id`, `task`, `lang`, `prompt`, `chosen`, `rejected`, `rejected_kind` wrong / verbose, `answer`, `source_id`",
     "preference_test": "same as preference_train; built from tasks_test only",
 }
 
@@ -1441,6 +1443,19 @@ Chinese documents make up {zh_b:,} of its bytes.
 * The pretraining corpus states world facts and small arithmetic facts (including the
   test pairs) as general knowledge; the held-out part is the instruction-following prompt.
 * Answers are checked with `course_utils.datagen.score_answer(task, prediction, answer)`.
+
+## Task types (`TASK_TYPES`)
+
+| task | held out in test | example input | example output |
+| --- | --- | --- | --- |
+| `add` | operand pairs (a, b), 0 ≤ a, b ≤ 9 | `7 + 5` / `7加5` | `12` |
+| `sub` | operand pairs (a, b), 0 ≤ b ≤ a ≤ 19 | `14 - 6` / `14减6` | `8` |
+| `upper` | words | `apple` | `APPLE` |
+| `first_letter` | words (same word split as `upper`) | `river` | `r` |
+| `capital` | question phrasings (countries shared) | `What is the capital of {{country}}?` | the capital's name (English or Chinese, matching `lang`) |
+
+The prompt a model sees is `instruction + "\\n" + input` (`task_prompt(row)`); `output` is the
+gold answer text and `answer` the canonical string for `score_answer`.
 
 ## The dirty Alpaca file
 

@@ -452,7 +452,7 @@ def train_and_measure(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
     seconds = (time.perf_counter() - start) / max(steps - 1, 1)
     result = MethodResult(
         method=method,

@@ -68,6 +68,9 @@ def check_messages(messages: Any, path: str | Path = "<messages>", line: int = 0
         where = f"{field_name}[{index}]"
         if not isinstance(message, Mapping):
             raise DataFormatError(path, line, where, f"expected an object, got {type(message).__name__}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise DataFormatError(path, line, f"{where}.{key}", "missing field")
         role = message.get("role")
         content = message.get("content")
         if not isinstance(role, str):
@@ -80,6 +83,8 @@ def check_messages(messages: Any, path: str | Path = "<messages>", line: int = 0
             raise DataFormatError(path, line, f"{where}.role", "a system message is only allowed first")
         out.append({"role": role, "content": content})
     turns = out[1:] if out[0]["role"] == "system" else out
+    if require_assistant and not any(m["role"] == "assistant" for m in turns):
+        raise DataFormatError(path, line, field_name, "no assistant turn: nothing to train on")
     for offset, message in enumerate(turns):
         expected = "user" if offset % 2 == 0 else "assistant"
         if message["role"] != expected:
@@ -87,8 +92,6 @@ def check_messages(messages: Any, path: str | Path = "<messages>", line: int = 0
             raise DataFormatError(path, line, f"{field_name}[{index}].role",
                                   f"expected {expected!r} (user and assistant alternate), got {message['role']!r}")
     if require_assistant:
-        if not any(m["role"] == "assistant" for m in turns):
-            raise DataFormatError(path, line, field_name, "no assistant turn: nothing to train on")
         if turns[-1]["role"] != "assistant":
             raise DataFormatError(path, line, f"{field_name}[{len(out) - 1}].role",
                                   "the last turn must be the assistant's")
@@ -364,22 +367,33 @@ def encode_chat_with_template(messages: Sequence[Mapping[str, str]], tokenizer: 
 
 
 def encode_rows(rows: Iterable[Mapping[str, Any] | Sequence[Mapping[str, str]]], tokenizer: Any,
-                max_length: int | None = None, train_on: str = "assistant",
-                source: str = "sft rows") -> tuple[list[dict[str, list[int]]], DropReport]:
+                max_length: int | None = None, train_on: str = "assistant", source: str = "sft rows",
+                method: str = "scratch") -> tuple[list[dict[str, list[int]]], DropReport]:
     """Encode many conversations (rows with ``messages``, or message lists); drop and count the unusable ones.
 
+    ``method="scratch"`` uses :func:`encode_chat` (ChatML); ``"template"`` uses the tokenizer's own chat template
+    (:func:`encode_chat_with_template`, needs ``{% generation %}`` markers; ``train_on`` must be ``"assistant"``).
     A row whose labels are all ``-100`` after truncation would add nothing but, alone in a batch, make the mean
     loss 0/0 = NaN; it is dropped and counted under ``"no trained token after truncation"``.
     """
+    if method not in ("scratch", "template"):
+        raise ValueError(f"method must be 'scratch' or 'template', not {method!r}")
+    if method == "template" and train_on != "assistant":
+        raise ValueError("method='template' only supports train_on='assistant'")
     report = DropReport(source=source)
     encoded: list[dict[str, list[int]]] = []
     for row in rows:
         report.rows_in += 1
         messages = row["messages"] if isinstance(row, Mapping) else row
-        item = encode_chat(messages, tokenizer, max_length=max_length, train_on=train_on)
+        if method == "scratch":
+            item = encode_chat(messages, tokenizer, max_length=max_length, train_on=train_on)
+        else:
+            item = encode_chat_with_template(check_messages(list(messages)), tokenizer, max_length=max_length)
+            item.pop("assistant_masks")
         if all(label == IGNORE_INDEX for label in item["labels"]):
-            report.drop("no trained token after truncation",
-                        f"{len(encode_chat(messages, tokenizer)['input_ids'])} tokens > max_length={max_length}")
+            full = len(encode_chat_with_template(messages, tokenizer)["input_ids"]) if method == "template" else \
+                len(encode_chat(messages, tokenizer)["input_ids"])
+            report.drop("no trained token after truncation", f"{full} tokens > max_length={max_length}")
             continue
         encoded.append(item)
     report.rows_out = len(encoded)
@@ -430,9 +444,9 @@ def sft_collator(tokenizer: Any) -> Any:
 def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Sequence[Mapping[str, str]]], *,
               train_on: str = "assistant", max_length: int = 256, max_steps: int = 200, num_train_epochs: float = 1.0,
               learning_rate: float = 1e-3, batch_size: int = 32, gradient_accumulation_steps: int = 1,
-              warmup_steps: int = 10, lr_scheduler_type: str = "cosine", weight_decay: float = 0.0,
+              warmup_steps: float = 10, lr_scheduler_type: str = "cosine", weight_decay: float = 0.0,
               logging_steps: int = 20, seed: int = 0, output_dir: str | Path | None = None,
-              device: str = "auto", **training_kwargs: Any) -> SFTResult:
+              device: str = "auto", method: str = "scratch", **training_kwargs: Any) -> SFTResult:
     """Fine-tune ``model`` in place on conversations with ``transformers.Trainer``.
 
     Rows are encoded with :func:`encode_chat` (``train_on="assistant"``: loss on assistant replies only;
@@ -445,13 +459,13 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
     from course_utils import env
 
     started = time.time()
-    encoded, report = encode_rows(rows, tokenizer, max_length=max_length, train_on=train_on)
+    encoded, report = encode_rows(rows, tokenizer, max_length=max_length, train_on=train_on, method=method)
     if not encoded:
         raise ValueError(f"no usable rows: {report}")
     dataset = Dataset.from_list(encoded)
-    resolved = env.pick_device(device) if device else "cpu"
+    resolved = env.pick_device(device or "auto")
     output_dir = output_dir or Path(env.cache_dir()) / "sft_run"
-    precision = env.trainer_precision_kwargs(resolved) if hasattr(env, "trainer_precision_kwargs") else {}
+    precision = env.trainer_precision_kwargs(resolved)
     args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=batch_size,
@@ -470,7 +484,7 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
         seed=seed,
         data_seed=seed,
         disable_tqdm=True,
-        use_cpu=str(resolved) == "cpu",
+        use_cpu=resolved.type == "cpu",
         **{**precision, **training_kwargs},
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=sft_collator(tokenizer))

