@@ -26,6 +26,9 @@ OFFLINE_ENV: dict[str, str] = {
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DISABLE_VERSION_CHECK": "1",
+    # progress bars are not deterministic output (nbval compares stored outputs)
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
 }
 
 

@@ -44,6 +44,11 @@ CHAT_TEMPLATE = (
 
 TINY_TOKENIZER_DIR: Path = DATA_DIR / "tiny_base"
 
+#: Qwen2's pre-tokenization regex (digits split one by one, letters grouped, CJK runs kept together).
+PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
 
 def iter_corpus_texts(path: Path | None = None, field: str = "text") -> Iterator[str]:
     """Yield the ``text`` field of every line of a JSONL corpus (the project's pretraining corpus by default)."""
@@ -58,11 +63,18 @@ def iter_corpus_texts(path: Path | None = None, field: str = "text") -> Iterator
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> "tokenizers.Tokenizer":
     """Train a byte-level BPE (``tokenizers``) with the ChatML special tokens at ids 0-3."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Qwen2's pre-tokenizer, exactly: `AutoTokenizer` rebuilds any tokenizer saved next to a qwen2 config as a
+    # `Qwen2Tokenizer` with this pipeline, so a different split here would silently change the ids on reload.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -149,12 +161,17 @@ def train_sentencepiece(
     character_coverage: float = 0.9995,
     byte_fallback: bool = True,
     num_threads: int = 2,
+    normalization_rule_name: str = "identity",
 ) -> "sentencepiece.SentencePieceProcessor":
     """Train a SentencePiece model in memory (as the seed's ``--tokenizer_type sentencepiece``) and load it.
 
     ``character_coverage`` < 1 leaves the rarest characters out of the vocabulary (they fall back to bytes with
     ``byte_fallback=True``, else to ``<unk>``): 0.9995 is the usual setting for Chinese/Japanese, 1.0 for
     alphabetic languages. ``<|im_start|>``/``<|im_end|>`` are user-defined symbols, never split.
+
+    ``normalization_rule_name="identity"`` (and no whitespace collapsing) keeps ``decode(encode(x)) == x``;
+    SentencePiece's own default ``"nmt_nfkc"`` rewrites ``，`` to ``,``, collapses spaces and turns newlines into
+    spaces, so the round trip is lossy (notebook 02 shows it).
     """
     import io
 
@@ -171,6 +188,8 @@ def train_sentencepiece(
         user_defined_symbols=[IM_START, IM_END],
         num_threads=num_threads,
         minloglevel=2,
+        normalization_rule_name=normalization_rule_name,
+        remove_extra_whitespaces=normalization_rule_name != "identity",
         max_sentence_length=16384,
         hard_vocab_limit=False,
     )

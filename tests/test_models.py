@@ -68,3 +68,23 @@ def test_hub_model_needs_network_offline():
     with pytest.raises(OSError):
         models.load_model_and_tokenizer("Qwen/Qwen2.5-0.5B")
     assert models.is_local_model("tiny") and not models.is_local_model("Qwen/Qwen2.5-0.5B")
+
+
+def test_autotokenizer_reload_gives_identical_ids():
+    """transformers 5 rebuilds any tokenizer saved next to a qwen2 config as Qwen2Tokenizer (Qwen's
+    pre-tokenizer regex); the tiny tokenizer uses that exact pipeline, so AutoTokenizer must not change ids."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from course_utils import DATA_DIR
+
+    raw = Tokenizer.from_file(str(models.TINY_BASE_DIR / "tokenizer.json"))
+    auto = AutoTokenizer.from_pretrained(str(models.TINY_BASE_DIR))
+    with open(DATA_DIR / "pretrain_corpus.jsonl", encoding="utf-8") as handle:
+        texts = [json.loads(line)["text"] for _, line in zip(range(500), handle)]
+    texts += ["  two  spaces\n\nnew", "ＡＢＣ１２３", "<|im_start|>user\nhi<|im_end|>\n<|pad|>"]
+    for text in texts:
+        assert auto(text)["input_ids"] == raw.encode(text).ids, text
+    assert (auto.pad_token, auto.eos_token) == ("<|pad|>", "<|im_end|>")
