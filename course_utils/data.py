@@ -544,13 +544,16 @@ def stratified_split(
 
     ``train_test_split(stratify_by_column=...)`` needs a ``ClassLabel`` column, so the joined key (e.g.
     ``"math|short"``) is cast to ``ClassLabel``. Strata with fewer than ``min_per_stratum`` rows cannot be split
-    and are merged into ``"rare"``. Returns the split (with the ``stratum`` column kept) and the stratum sizes.
+    and are merged into ``"rare"`` (into the largest stratum when "rare" itself is too small). Returns the split (with the ``stratum`` column kept) and the stratum sizes.
     """
     from datasets import ClassLabel
 
     keys = ["|".join(str(example[name]) for name in by) for example in dataset]
     sizes = Counter(keys)
     keys = [key if sizes[key] >= min_per_stratum else "rare" for key in keys]
+    if 0 < keys.count("rare") < min_per_stratum:  # still too small: join the largest stratum
+        largest = max(sorted(set(keys) - {"rare"}), key=keys.count)
+        keys = [largest if key == "rare" else key for key in keys]
     dataset = dataset.add_column(column, keys)
     dataset = dataset.cast_column(column, ClassLabel(names=sorted(set(keys))))
     split = dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column=column)

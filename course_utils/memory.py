@@ -696,3 +696,61 @@ def memory_calculator_widget(gpu_gib: float = 24.0) -> Any:
         c.observe(redraw, names="value")
     redraw()
     return widgets.HBox([widgets.VBox(controls), out])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. Running DeepSpeed ZeRO in one CPU process (for the notebook's real runs)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def zero_config(
+    stage: int, offload_optimizer: bool = False, offload_param: bool = False, bucket_size: int = 2_000_000
+) -> dict[str, Any]:
+    """A minimal DeepSpeed config for ``TrainingArguments(deepspeed=...)``; ``"auto"`` fields are filled by
+    the Trainer from its own arguments. No ``optimizer`` section: the Trainer's ``torch.optim.AdamW`` is used
+    (``zero_allow_untested_optimizer``), so DeepSpeed compiles no Adam op (FusedAdam / CPUAdam)."""
+    _check_stage(stage)
+    # Buckets in elements: DeepSpeed's default reduce bucket is 5e8 elements (2 GB in fp32), allocated
+    # up front; for a tiny model a small bucket is enough and saves most of the run's time on a CPU.
+    zero: dict[str, Any] = {"stage": stage, "reduce_bucket_size": bucket_size, "allgather_bucket_size": bucket_size}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    return {
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def single_process_deepspeed_env(skip_shm_build: bool = True) -> dict[str, str]:
+    """Set what ``deepspeed`` expects from its launcher for ONE process (rank 0 of 1, a free local port) and
+    return it. Without these variables DeepSpeed looks for MPI (mpi4py).
+
+    ``skip_shm_build``: on a CPU DeepSpeed's communication backend JIT-compiles its shared-memory all-reduce
+    op (``deepspeed_shm_comm``, ~80 s the first time, then cached in ``~/.cache/torch_extensions``) when it
+    initialises. One process never communicates, so we mark the op as unavailable in DeepSpeed's
+    ``deepspeed.ops.__compatible_ops__`` table and it falls back to plain ``torch.distributed`` (gloo).
+    """
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    values = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": os.environ.get("MASTER_PORT", str(port))}
+    os.environ.update(values)
+    if skip_shm_build:
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return values

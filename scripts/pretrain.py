@@ -171,7 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_warning()
+    if training_args.disable_tqdm:
+        transformers.utils.logging.disable_progress_bar()
     env.seed_everything(training_args.seed)
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False  # every parameter is used: skip DDP's extra graph walk
 
     tokenizer = load_tokenizer(model_args)
     # Tokenise once on the main process; the other ranks then read the cached result.
@@ -207,9 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.remove_callback(PrinterCallback)
 
     results: dict = {}
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+    checkpoint = training_args.resume_from_checkpoint  # a checkpoint folder, or "last" for the newest in output_dir
+    if checkpoint in ("last", "true", "True"):
         checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint last: no checkpoint-* in {training_args.output_dir}")
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # model + tokenizer (safetensors); under ZeRO-3 gathers the 16-bit weights first
     trainer.save_state()  # trainer_state.json with the log history

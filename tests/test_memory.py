@@ -177,3 +177,24 @@ def test_calculator_and_plot():
     assert by_count.total == 112 * M.GB and by_count.activations == 0
     fig = M.plot_training_memory([m, by_count], gpu_gib=80)
     assert len(fig.axes) == 1
+
+
+def test_zero_config_uses_the_trainers_torch_optimizer():
+    config = M.zero_config(3, offload_optimizer=True)
+    assert config["zero_optimization"]["stage"] == 3 and "optimizer" not in config
+    assert config["zero_allow_untested_optimizer"] is True
+    assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    with pytest.raises(ValueError):
+        M.zero_config(5)
+
+
+def test_single_process_env_skips_the_shm_build(monkeypatch):
+    import deepspeed.ops
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    ops = deepspeed.ops.__compatible_ops__
+    monkeypatch.setitem(ops, "deepspeed_shm_comm", ops.get("deepspeed_shm_comm", False))
+    values = M.single_process_deepspeed_env()
+    assert values["WORLD_SIZE"] == "1" and int(values["MASTER_PORT"]) > 0
+    assert ops["deepspeed_shm_comm"] is False

@@ -1,0 +1,250 @@
+"""Tests of course_utils.sft: masks equal three ways, truncation, bad conversations, formats, the script's YAML."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+from course_utils import DATA_DIR, PROJECT_ROOT, sft
+from course_utils.data import DataFormatError
+
+IGNORE = sft.IGNORE_INDEX
+
+CONVERSATIONS = {
+    "single": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}],
+    "system_multi_turn": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "把这个英文单词改成大写。\ncat"},
+        {"role": "assistant", "content": "CAT"},
+        {"role": "user", "content": "And the first letter of dog?"},
+        {"role": "assistant", "content": "d"},
+        {"role": "user", "content": "哪条河流经柯丽兰？"},
+        {"role": "assistant", "content": "洛萨河流经柯丽兰。"},
+    ],
+    "empty_assistant": [{"role": "user", "content": "Say nothing."}, {"role": "assistant", "content": ""}],
+    "long": [{"role": "system", "content": "Answer briefly. " * 6},
+             {"role": "user", "content": "Tell me the capital of Soria, please, in one word."},
+             {"role": "assistant", "content": "Valmont is the capital."}],
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from course_utils import tokenizer as tok
+
+    if (tok.TINY_TOKENIZER_DIR / "tokenizer.json").exists():
+        return tok.load_tiny_tokenizer()
+    return tok.train_tiny_tokenizer(islice(tok.iter_corpus_texts(), 400), vocab_size=1024)
+
+
+def test_scratch_equals_apply_chat_template(tokenizer):
+    for name, messages in CONVERSATIONS.items():
+        for max_length in (None, 12, 30):
+            mine = sft.encode_chat(messages, tokenizer, max_length=max_length)
+            lib = sft.encode_chat_with_template(messages, tokenizer, max_length=max_length)
+            assert mine["input_ids"] == lib["input_ids"], name
+            assert mine["labels"] == lib["labels"], (name, max_length)
+            assert len(mine["attention_mask"]) == len(mine["input_ids"])
+    # the rendered text is the template's text, token for token
+    messages = CONVERSATIONS["system_multi_turn"]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert text == sft.render_chatml(messages)
+
+
+def test_masks_cover_reply_and_im_end_only(tokenizer):
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    item = sft.encode_chat(CONVERSATIONS["system_multi_turn"], tokenizer)
+    trained = [t for t in item["labels"] if t != IGNORE]
+    assert tokenizer.decode(trained) == "CAT<|im_end|>d<|im_end|>洛萨河流经柯丽兰。<|im_end|>"
+    empty = sft.encode_chat(CONVERSATIONS["empty_assistant"], tokenizer)
+    assert [t for t in empty["labels"] if t != IGNORE] == [im_end]
+    everything = sft.encode_chat(CONVERSATIONS["single"], tokenizer, train_on="all")
+    assert everything["labels"] == everything["input_ids"]
+
+
+def test_trl_collated_labels_equal(tokenizer):
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from course_utils import models
+
+    datasets.disable_progress_bars()
+    max_length = 30
+    conversations = list(CONVERSATIONS.values())
+    model = models.build_model("tiny", tokenizer, seed=0)
+    args = SFTConfig(output_dir=str(PROJECT_ROOT / ".cache" / "test_trl_sft"), assistant_only_loss=True,
+                     max_length=max_length, per_device_train_batch_size=2, report_to="none", disable_tqdm=True,
+                     use_cpu=True, shuffle_dataset=False)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=datasets.Dataset.from_list([{"messages": m} for m in conversations]))
+    got = {}
+    for batch in trainer.get_train_dataloader():
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            n = int(mask.sum())
+            assert (labels[n:] == IGNORE).all()
+            got[tuple(ids[:n].tolist())] = labels[:n].tolist()
+    mine, report = sft.encode_rows(conversations, tokenizer, max_length=max_length)
+    assert got == {tuple(item["input_ids"]): item["labels"] for item in mine}
+    assert report.rows_out == len(got) and report.rows_in == len(conversations)
+
+
+def test_truncation_drops_rows_without_trained_tokens(tokenizer):
+    import torch
+
+    from course_utils import models
+
+    rows = [CONVERSATIONS["long"], CONVERSATIONS["single"]]
+    first_trained = [next(i for i, label in enumerate(sft.encode_chat(m, tokenizer)["labels"]) if label != IGNORE)
+                     for m in rows]
+    max_length = first_trained[1] + 2
+    assert first_trained[0] >= max_length
+    encoded, report = sft.encode_rows(rows, tokenizer, max_length=max_length)
+    assert report.rows_in == 2 and report.rows_out == 1
+    assert report.dropped["no trained token after truncation"] == 1
+    assert all(any(label != IGNORE for label in item["labels"]) for item in encoded)
+    # what the drop prevents: a batch whose labels are all -100 has a NaN mean loss
+    model = models.build_model("tiny", tokenizer, seed=0)
+    bad = sft.encode_chat(CONVERSATIONS["long"], tokenizer, max_length=max_length)
+    out = model(input_ids=torch.tensor([bad["input_ids"]]), labels=torch.tensor([bad["labels"]]))
+    assert math.isnan(out.loss.item())
+    good = sft.sft_collator(tokenizer)(encoded)
+    assert math.isfinite(model(**good).loss.item())
+
+
+def test_loss_is_shifted_cross_entropy_on_assistant_tokens(tokenizer):
+    import torch
+    import torch.nn.functional as F
+
+    from course_utils import models
+
+    model = models.build_model("tiny", tokenizer, seed=0)
+    batch = sft.sft_collator(tokenizer)([sft.encode_chat(m, tokenizer) for m in CONVERSATIONS.values()])
+    assert batch["input_ids"].shape == batch["labels"].shape
+    with torch.no_grad():
+        out = model(**batch)
+    logits = out.logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    manual = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
+    assert torch.allclose(out.loss, manual, atol=1e-5)
+
+
+def test_bad_conversations_raise_with_file_line_field(tmp_path):
+    with pytest.raises(DataFormatError) as info:
+        sft.load_sft_rows(DATA_DIR / "bad_examples" / "bad_roles.jsonl")
+    assert info.value.line == 2 and info.value.field == "messages[1].role" and "unknown role 'bot'" in str(info.value)
+    with pytest.raises(DataFormatError) as info:
+        sft.load_sft_rows(DATA_DIR / "bad_examples" / "no_assistant.jsonl")
+    assert info.value.line == 1 and "no assistant turn" in str(info.value)
+    rows, report = sft.load_sft_rows(DATA_DIR / "bad_examples" / "bad_roles.jsonl", on_error="skip")
+    assert report.rows_in == 5 and len(rows) == 2 and sum(report.dropped.values()) == 3
+    rows, report = sft.load_sft_rows(DATA_DIR / "bad_examples" / "no_assistant.jsonl", on_error="skip")
+    assert len(rows) == 2 and report.dropped["no assistant turn"] == 3
+
+    path = tmp_path / "types.jsonl"
+    lines = [
+        {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
+        {"messages": "hello"},
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]},
+        {"instruction": "Add.", "input": "1 + 1", "output": 2},
+    ]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n", encoding="utf-8")
+    _, report = sft.load_sft_rows(path, on_error="skip")
+    assert report.rows_in == 5 and report.rows_out == 0
+    expected = [(1, "messages[0].content"), (2, "messages"), (3, "conversations[1].from"), (4, "output")]
+    for (line, field), row in zip(expected, lines):
+        with pytest.raises(DataFormatError) as info:
+            sft.to_messages(row, path=path, line=line)
+        assert info.value.line == line and info.value.field == field and str(path) in str(info.value)
+    with pytest.raises(DataFormatError) as info:
+        sft.load_sft_rows(path)
+    assert info.value.line == 1 and info.value.field == "messages[0].content"
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"messages": CONVERSATIONS["single"]}) + "\n{broken\n")
+    with pytest.raises(DataFormatError, match="invalid JSON") as info:
+        sft.load_sft_rows(broken)
+    assert info.value.line == 2
+    with pytest.raises(DataFormatError, match="unknown role"):
+        sft.encode_chat([{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}], None)
+
+
+def test_formats_convert_to_one_form():
+    alpaca = {"instruction": "Add the numbers.", "input": "2 + 2", "output": "4", "system": "Be brief."}
+    assert sft.alpaca_to_messages(alpaca) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Add the numbers.\n2 + 2"},
+        {"role": "assistant", "content": "4"},
+    ]
+    assert sft.alpaca_to_messages({"instruction": "Hi", "input": "", "output": "Hello"})[0]["content"] == "Hi"
+    with_history = sft.alpaca_to_messages({"instruction": "b?", "output": "B", "history": [["a?", "A"]]})
+    assert [m["role"] for m in with_history] == ["user", "assistant", "user", "assistant"]
+    sharegpt = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"},
+                                  {"from": "gpt", "value": "A"}]}
+    messages = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                             {"role": "assistant", "content": "A"}]}
+    assert sft.to_messages(sharegpt) == sft.to_messages(messages) == messages["messages"]
+    assert sft.detect_format(alpaca) == "alpaca"
+
+    info = sft.load_dataset_info(PROJECT_ROOT / "configs" / "dataset_info.json")
+    rows, reports = sft.load_named_datasets("sharegpt_sample,sft_messages,tasks_train", PROJECT_ROOT / "configs" /
+                                            "dataset_info.json", DATA_DIR, limit=5)
+    assert len(rows) == 15 and all(r.rows_out == 5 for r in reports)
+    assert {"tasks_train", "tasks_test", "sft_messages", "sharegpt_sample"} <= set(info)
+    task_row = json.loads((DATA_DIR / "tasks_train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert sft.to_messages(task_row, info["tasks_train"]) == sft.task_to_messages(task_row)
+
+
+def test_sharegpt_sample_masks_equal_template(tokenizer):
+    rows, report = sft.load_sft_rows(DATA_DIR / "sharegpt_sample.jsonl")
+    assert report.rows_out == 50
+    for row in rows + sft.load_sft_rows(DATA_DIR / "sft_messages.jsonl", limit=200)[0]:
+        mine = sft.encode_chat(row["messages"], tokenizer, max_length=64)
+        lib = sft.encode_chat_with_template(row["messages"], tokenizer, max_length=64)
+        assert mine["labels"] == lib["labels"] and mine["input_ids"] == lib["input_ids"]
+
+
+def test_mask_html(tokenizer):
+    item = sft.encode_chat(CONVERSATIONS["single"], tokenizer)
+    page = sft.mask_html(item["input_ids"], item["labels"], tokenizer, title="demo")
+    assert page.count("<span") == len(item["input_ids"]) + 2
+    assert page.count("#b7e4c7;color") == sum(label != IGNORE for label in item["labels"])
+
+
+def test_generate_and_accuracy_on_tiny_sft():
+    from transformers import AutoModelForCausalLM
+
+    from course_utils import tokenizer as tok
+
+    path = DATA_DIR / "tiny_sft"
+    if not (path / "model.safetensors").exists():
+        pytest.skip("data_samples/tiny_sft not built yet")
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    tokenizer = tok.load_tiny_tokenizer(path)
+    rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
+    accuracy = sft.task_accuracy(model, tokenizer, rows[:60])
+    metadata = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
+    assert accuracy >= 0.3 and metadata["task_accuracy"]["after"]["all"] > metadata["task_accuracy"]["before"]["all"]
+
+
+def test_script_parses_llamafactory_yaml(tmp_path):
+    spec = importlib.util.spec_from_file_location("sft_script", PROJECT_ROOT / "scripts" / "sft.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["sft_script"] = script  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(script)
+    model_args, data_args, ft_args, training_args = script.parse_arguments(
+        [str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"), "--max_steps", "7", "--output_dir", str(tmp_path)])
+    assert model_args.model_name_or_path == "tiny-base" and model_args.template == "chatml"
+    assert ft_args.stage == "sft" and ft_args.finetuning_type == "full"
+    assert data_args.dataset == "tasks_train,sft_messages" and data_args.cutoff_len == 128
+    assert training_args.max_steps == 7 and training_args.output_dir == str(tmp_path)
+    _, _, lora, _ = script.parse_arguments([str(PROJECT_ROOT / "configs" / "sft_lora_example.yaml")])
+    assert lora.finetuning_type == "lora" and lora.lora_target == "q_proj,v_proj"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: sft\nlora_targets: q_proj\n")
+    with pytest.raises(SystemExit, match="lora_targets"):
+        script.parse_arguments([str(bad)])
