@@ -16,7 +16,6 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -44,7 +43,7 @@ unit: $(STAMP)
 	$(PY) -m pytest tests -q
 
 nbval: $(STAMP)
-	$(PY) -m pytest $(NBVAL_FLAGS) notebooks/ -q; rc=$$?; \
+	env -u MPLBACKEND $(PY) -m pytest $(NBVAL_FLAGS) notebooks/ -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "nbval: no notebooks collected"; rc=0; fi; exit $$rc
 
 test: unit nbval

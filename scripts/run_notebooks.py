@@ -104,7 +104,7 @@ def main() -> int:
         parser.error("--inplace keeps the default parameters (the committed outputs are the CPU default)")
 
     env.setup_offline()
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend stores the plots in the notebooks
     notebooks = sorted(args.notebooks) or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         print("no notebooks found")
