@@ -29,8 +29,8 @@ CORPUS = DATA_DIR / "pretrain_corpus.jsonl"
 SCRIPT = PROJECT_ROOT / "scripts" / "pretrain.py"
 #: |loss(torchrun, 2 x 4 blocks) - loss(one process, 8 blocks)| per logged step. Measured: ~2e-6 (fp32, gloo).
 DDP_TOLERANCE = 1e-4
-#: DeepSpeed's own AdamW against torch's AdamW on the same data. Measured: see test_deepspeed_zero2_cpu.
-DEEPSPEED_TOLERANCE = 1e-3
+#: DeepSpeed's own AdamW (ZeRO-2, fp32) against torch's AdamW on the same data. Measured: ~1e-6.
+DEEPSPEED_TOLERANCE = 1e-4
 
 
 def _documents(n: int) -> list[str]:
@@ -82,7 +82,8 @@ def test_decay_groups_exclude_biases_and_norms(small_tokenizer):
     ours = train.decay_parameter_names(model)
     args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
     theirs = set(Trainer(model=model, args=args).get_decay_parameter_names(model))
-    assert ours == theirs
+    named = {name for name, _ in model.named_parameters()}  # the tied lm_head.weight is the embedding
+    assert ours == theirs & named
     assert not any("bias" in name or "norm" in name for name in ours)
 
 
@@ -91,7 +92,8 @@ def test_train_order_is_trainer_order():
     import datasets
 
     dataset = datasets.Dataset.from_dict({"input_ids": [[i, i] for i in range(20)], "labels": [[i, i] for i in range(20)]})
-    args = TrainingArguments(output_dir="unused", per_device_train_batch_size=4, seed=3, use_cpu=True, report_to="none")
+    args = TrainingArguments(output_dir="unused", per_device_train_batch_size=4, seed=3, use_cpu=True, report_to="none",
+                             remove_unused_columns=False)
     model = torch.nn.Linear(1, 1)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
     seen = [int(row[0]) for batch in trainer.get_train_dataloader() for row in batch["input_ids"]]
