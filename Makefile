@@ -21,7 +21,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
 
-.PHONY: venv workbook test unit nbval notebooks lab slides clean
+.PHONY: venv workbook test unit nbval notebooks lab slides check-slides clean
 
 venv: $(STAMP)
 
@@ -56,3 +56,6 @@ slides: $(STAMP)
 
 clean:
 	rm -rf build .pytest_cache
+
+check-slides: slides
+	$(PY) scripts/check_slides.py
