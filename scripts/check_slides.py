@@ -17,13 +17,15 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_slides import find_chromium  # noqa: E402  (one definition, shared with the builder)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / "build" / "slides"
@@ -70,14 +72,6 @@ MEASURE = """(() => {
 })()""" % FOOTER_BAND
 HIDE_CONTROLS = ("document.head.insertAdjacentHTML('beforeend', "
                  "'<style>.bespoke-marp-osc, .bespoke-progress-parent {display: none !important}</style>')")
-
-
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 class Page:

@@ -10,7 +10,6 @@ Weights are saved as safetensors next to a ``metadata.json`` (data fingerprint, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from course_utils import DATA_DIR, env  # noqa: E402
+from course_utils.train import file_sha256  # noqa: E402
 
 env.setup_offline()
 
@@ -37,15 +37,6 @@ class Arguments:
     max_steps: int = 1500
     warmup_steps: int = 100
     seed: int = 0
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, used as the data fingerprint in metadata files."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ model card.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from course_utils import DATA_DIR, PROJECT_ROOT, env  # noqa: E402
+from course_utils.train import file_sha256  # noqa: E402
 
 env.setup_offline(offline=False) if "--online" in sys.argv else env.setup_offline()
 
@@ -78,15 +78,6 @@ class FinetuningArguments:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     merge_lora: bool = field(default=False, metadata={"help": "also save the merged model (LoRA only)"})
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file (data fingerprint for metadata.json)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_arguments(argv: list[str]) -> tuple:
