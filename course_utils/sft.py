@@ -446,15 +446,18 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
               learning_rate: float = 1e-3, batch_size: int = 32, gradient_accumulation_steps: int = 1,
               warmup_steps: float = 10, lr_scheduler_type: str = "cosine", weight_decay: float = 0.0,
               logging_steps: int = 20, seed: int = 0, output_dir: str | Path | None = None,
-              device: str = "auto", method: str = "scratch", **training_kwargs: Any) -> SFTResult:
+              device: str = "auto", method: str = "scratch", stop_after_steps: int | None = None,
+              **training_kwargs: Any) -> SFTResult:
     """Fine-tune ``model`` in place on conversations with ``transformers.Trainer``.
 
     Rows are encoded with :func:`encode_chat` (``train_on="assistant"``: loss on assistant replies only;
     ``"all"``: on every token), over-long rows are dropped and counted, batches are right-padded with
-    :func:`sft_collator`. ``max_steps > 0`` overrides ``num_train_epochs``. Quiet: no progress bars, no printing.
+    :func:`sft_collator`. ``max_steps > 0`` overrides ``num_train_epochs``. ``stop_after_steps``: stop early
+    after that many optimizer steps while keeping the schedule of ``max_steps`` (so the first losses equal those of
+    the full run). Quiet: no progress bars, no printing.
     """
     from datasets import Dataset
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     from course_utils import env
 
@@ -489,6 +492,14 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=sft_collator(tokenizer))
     trainer.remove_callback(PrinterCallback)
+    if stop_after_steps is not None:
+        class _StopAfter(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+                if state.global_step >= stop_after_steps:
+                    control.should_training_stop = True
+                return control
+
+        trainer.add_callback(_StopAfter())
     result = trainer.train()
     losses = [(entry["step"], round(float(entry["loss"]), 4)) for entry in trainer.state.log_history
               if "loss" in entry]

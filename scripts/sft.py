@@ -43,7 +43,7 @@ class ModelArguments:
     )
     template: str = field(
         default="chatml",
-        metadata={"help": "`chatml`/`qwen`: the course's ChatML template with {% generation %} markers; "
+        metadata={"help": "`chatml`/`qwen`: the course's ChatML template with {%% generation %%} markers; "
                           "`tokenizer`: keep the tokenizer's own template (must have generation markers)"},
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "never needed here; True runs repo code"})
