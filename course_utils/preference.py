@@ -17,7 +17,7 @@ template the SFT model was trained with is applied.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 PREFERENCE_FIELDS: tuple[str, str, str] = ("prompt", "chosen", "rejected")
@@ -312,6 +312,19 @@ def group_advantages(rewards: "torch.Tensor", group_size: int, scale: bool = Tru
 
 
 # ------------------------------------------------------------------------------------------------ TRL helpers
+def sampled_reward(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], samples: int = 8,
+                   temperature: float = 1.0, max_new_tokens: int = 8, seed: int = 0) -> float:
+    """Mean 0/1 verifiable reward of ``samples`` sampled replies per checkable-task row (what GRPO maximises),
+    measured on a fixed set of prompts with a fixed sampling seed, so before/after values are comparable."""
+    from course_utils import datagen, sft
+
+    prompts = [sft.task_to_messages(row, with_answer=False) for row in rows]
+    replies = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, num_samples=samples,
+                                   temperature=temperature, seed=seed)
+    golds = [row for row in rows for _ in range(samples)]
+    return sum(datagen.score_answer(r["task"], reply, r["answer"]) for r, reply in zip(golds, replies)) / len(replies)
+
+
 def quiet_trainer_kwargs(device: "torch.device | str" = "cpu") -> dict[str, Any]:
     """TrainingArguments keywords shared by the TRL trainers of notebooks 09/10: deterministic, silent, and the
     precision for ``device`` (TRL's configs default to ``bf16=True``, which fails on a CPU without bf16)."""

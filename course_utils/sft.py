@@ -523,10 +523,15 @@ def prompt_ids(messages: Sequence[Mapping[str, str]], tokenizer: Any) -> list[in
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapping[str, str]]],
-                     max_new_tokens: int = 16, batch_size: int = 64) -> list[str]:
+                     max_new_tokens: int = 16, batch_size: int = 64, num_samples: int = 0,
+                     temperature: float = 1.0, seed: int = 0) -> list[str]:
     """Greedy replies to conversations (each a message list ending with a user turn), rendered with the chat
     template, left-padded in batches, stopping at ``<|im_end|>``. Returns the decoded replies (special tokens
-    removed, stripped)."""
+    removed, stripped).
+
+    ``num_samples > 0`` samples that many replies per prompt instead (``temperature``, no top-k/top-p, seeded with
+    ``seed``) and returns them grouped by prompt: ``len(prompts) * num_samples`` strings.
+    """
     import torch
 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -536,6 +541,10 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
     was_training = model.training
     model.eval()
     answers: list[str] = []
+    sampling = {}
+    if num_samples > 0:
+        torch.manual_seed(seed)
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=num_samples)
     for start in range(0, len(prompts), batch_size):
         chunk = [prompt_ids(messages, tokenizer) for messages in prompts[start:start + batch_size]]
         width = max(len(ids) for ids in chunk)
@@ -543,7 +552,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=eos_ids, pad_token_id=pad_id)
+                                 eos_token_id=eos_ids, pad_token_id=pad_id, **(sampling or {"do_sample": False}))
         for row in out[:, width:].tolist():
             if im_end in row:
                 row = row[: row.index(im_end)]

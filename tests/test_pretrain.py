@@ -264,6 +264,23 @@ def test_torchrun_two_processes_match_single_process(small_tokenizer, single_pro
 
 
 @pytest.mark.slow
+def test_accelerate_launch_two_processes_match_single_process(small_tokenizer, single_process_run, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: accelerate starts the two
+    processes through torch.distributed.run and Trainer falls back to gloo; same global batch as the reference."""
+    _, tokenizer_dir = small_tokenizer
+    out = tmp_path / "accelerate"
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+          "--main_process_port", str(_free_port()),
+          str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4), "--ddp_backend", "gloo"])
+    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    assert meta["world_size"] == 2
+    single, launched = _losses(single_process_run), _losses(out)
+    assert len(launched) == len(single) == 4
+    assert max(abs(a - b) for a, b in zip(single, launched)) < DDP_TOLERANCE
+
+
+@pytest.mark.slow
 def test_deepspeed_zero2_cpu(small_tokenizer, single_process_run, tmp_path):
     """DeepSpeed ZeRO-2 through Trainer, one CPU process, with the committed configs/ds_config_zero2.json."""
     pytest.importorskip("deepspeed")

@@ -248,3 +248,55 @@ def test_script_parses_llamafactory_yaml(tmp_path):
     bad.write_text("stage: sft\nlora_targets: q_proj\n")
     with pytest.raises(SystemExit, match="lora_targets"):
         script.parse_arguments([str(bad)])
+
+
+def test_committed_sft_runs_differ_only_in_train_on_prompt():
+    """configs/sft_tiny.yaml and sft_tiny_all_tokens.yaml: the notebook-06 comparison changes one thing."""
+    import yaml
+
+    a = yaml.safe_load((PROJECT_ROOT / "configs" / "sft_tiny.yaml").read_text(encoding="utf-8"))
+    b = yaml.safe_load((PROJECT_ROOT / "configs" / "sft_tiny_all_tokens.yaml").read_text(encoding="utf-8"))
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"train_on_prompt", "output_dir"}
+    assert a["train_on_prompt"] is False and b["train_on_prompt"] is True
+    for config in (a, b):
+        meta_path = PROJECT_ROOT / config["output_dir"] / "metadata.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            assert meta["arguments"]["data"]["train_on_prompt"] is config["train_on_prompt"]
+            assert meta["arguments"]["training"]["max_steps"] == config["max_steps"]
+
+
+def test_stop_after_steps_keeps_the_schedule(tokenizer):
+    """Stopping early reproduces the first logged losses of the longer run (same cosine schedule)."""
+    from course_utils import env, models
+
+    rows = list(CONVERSATIONS.values())[:2] * 8
+    losses = {}
+    for stop in (None, 2):
+        env.seed_everything(0)
+        model = models.build_model("tiny", vocab_size=len(tokenizer))
+        result = sft.train_sft(model, tokenizer, rows, max_steps=4, batch_size=4, logging_steps=1,
+                               learning_rate=1e-3, warmup_steps=1, device="cpu", stop_after_steps=stop)
+        losses[stop] = result.losses
+    assert len(losses[2]) == 2 and len(losses[None]) == 4
+    assert losses[2] == losses[None][:2]
+
+
+def test_sampled_generation_is_seeded_and_grouped():
+    from transformers import AutoModelForCausalLM
+
+    from course_utils import preference as pref
+    from course_utils import tokenizer as tok
+
+    path = DATA_DIR / "tiny_sft"
+    if not (path / "model.safetensors").exists():
+        pytest.skip("data_samples/tiny_sft not built yet")
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    tokenizer = tok.load_tiny_tokenizer(path)
+    rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
+    prompts = [sft.task_to_messages(r, with_answer=False) for r in rows[:3]]
+    first = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
+    again = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
+    assert len(first) == 12 and first == again
+    reward = pref.sampled_reward(model, tokenizer, rows[:8], samples=4, seed=0)
+    assert 0.0 <= reward <= 1.0 and reward == pref.sampled_reward(model, tokenizer, rows[:8], samples=4, seed=0)
