@@ -296,6 +296,25 @@ def test_deepspeed_zero2_cpu(small_tokenizer, single_process_run, tmp_path):
     assert (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
+def test_deepspeed_launcher_two_cpu_processes_zero2(small_tokenizer, single_process_run, tmp_path):
+    """The seed's launcher, `deepspeed --num_gpus 2 scripts/pretrain.py --deepspeed ds_config_zero2.json`, on a CPU:
+    with DS_ACCELERATOR=cpu it starts two processes (gloo + DeepSpeed's shared-memory op); 2 x 4 blocks = the
+    reference's global batch, so the losses match the single-process run."""
+    pytest.importorskip("deepspeed")
+    _, tokenizer_dir = small_tokenizer
+    out = tmp_path / "ds_launcher"
+    _run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(_free_port()),
+          str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4),
+          "--deepspeed", str(PROJECT_ROOT / "configs" / "ds_config_zero2.json")],
+         extra_env={"DS_ACCELERATOR": "cpu"}, timeout=560)
+    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    assert meta["world_size"] == 2
+    single, launched = _losses(single_process_run), _losses(out)
+    assert len(launched) == len(single) == 4
+    assert max(abs(a - b) for a, b in zip(single, launched)) < DEEPSPEED_TOLERANCE
+
+
 def test_ds_configs_are_valid_and_documented():
     readme = (PROJECT_ROOT / "configs" / "README.md").read_text(encoding="utf-8")
 
