@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 workbook: $(STAMP)
-	$(PY) scripts/run_notebooks.py --out build
+	WORKBOOK_FIGURES_DIR=$(CURDIR)/build/figures $(PY) scripts/run_notebooks.py --out build
 
 notebooks: $(STAMP)
 	$(PY) scripts/run_notebooks.py --inplace --out build/inplace
@@ -43,7 +43,7 @@ unit: $(STAMP)
 	$(PY) -m pytest tests -q
 
 nbval: $(STAMP)
-	env -u MPLBACKEND $(PY) -m pytest $(NBVAL_FLAGS) notebooks/ -q; rc=$$?; \
+	env -u MPLBACKEND WORKBOOK_FIGURES_DIR=$(CURDIR)/build/nbval_figures $(PY) -m pytest $(NBVAL_FLAGS) notebooks/ -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "nbval: no notebooks collected"; rc=0; fi; exit $$rc
 
 test: unit nbval

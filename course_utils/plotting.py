@@ -11,9 +11,15 @@ FIGURES_DIR: Path = PROJECT_ROOT / "slides" / "figures"
 
 
 def savefig(fig: "matplotlib.figure.Figure", name: str, dpi: int = 100) -> Path:
-    """Save ``fig`` as ``slides/figures/<name>.png`` so the lecture decks use the notebooks' own plots."""
-    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-    path = FIGURES_DIR / f"{name}.png"
+    """Save ``fig`` as ``slides/figures/<name>.png`` so the lecture decks use the notebooks' own plots.
+
+    ``$WORKBOOK_FIGURES_DIR`` redirects the file (``make workbook`` and ``make nbval`` write to ``build/`` so that
+    running or testing the notebooks leaves the committed figures alone; ``make notebooks`` refreshes them)."""
+    import os
+
+    folder = Path(os.environ.get("WORKBOOK_FIGURES_DIR") or FIGURES_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     return path
 

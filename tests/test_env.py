@@ -93,3 +93,19 @@ def test_record_key_figure(tmp_path, monkeypatch):
 def test_describe_has_device():
     info = env.describe()
     assert info["device"] in ("cpu", "cuda", "mps") and info["platform"]
+
+
+def test_savefig_honours_the_figures_dir_override(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from course_utils import plotting
+
+    monkeypatch.setenv("WORKBOOK_FIGURES_DIR", str(tmp_path / "figs"))
+    fig, _ = plt.subplots()
+    path = plotting.savefig(fig, "unit_test_plot")
+    plt.close(fig)
+    assert path == tmp_path / "figs" / "unit_test_plot.png" and path.stat().st_size > 0
+    assert not (plotting.FIGURES_DIR / "unit_test_plot.png").exists()
