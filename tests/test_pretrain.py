@@ -225,6 +225,15 @@ def _losses(out: Path) -> list[float]:
     return [loss for _, loss in meta["train_losses"]]
 
 
+def _assert_two_processes_match(out: Path, reference: Path, tolerance: float) -> None:
+    """A 2-process run (2 x 4 blocks) logged the same 4 losses as the 1-process reference (8 blocks per step)."""
+    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    assert meta["world_size"] == 2
+    single, launched = _losses(reference), _losses(out)
+    assert len(launched) == len(single) == 4
+    assert max(abs(a - b) for a, b in zip(single, launched)) < tolerance
+
+
 @pytest.fixture(scope="module")
 def single_process_run(small_tokenizer, tmp_path_factory):
     """One process, 8 blocks per step: the reference for the distributed runs."""
@@ -256,11 +265,7 @@ def test_torchrun_two_processes_match_single_process(small_tokenizer, single_pro
     out = tmp_path / "ddp"
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
           str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4), "--ddp_backend", "gloo"])
-    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
-    assert meta["world_size"] == 2
-    single, ddp = _losses(single_process_run), _losses(out)
-    assert len(ddp) == len(single) == 4
-    assert max(abs(a - b) for a, b in zip(single, ddp)) < DDP_TOLERANCE
+    _assert_two_processes_match(out, single_process_run, DDP_TOLERANCE)
 
 
 @pytest.mark.slow
@@ -273,11 +278,7 @@ def test_accelerate_launch_two_processes_match_single_process(small_tokenizer, s
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
           "--main_process_port", str(_free_port()),
           str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4), "--ddp_backend", "gloo"])
-    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
-    assert meta["world_size"] == 2
-    single, launched = _losses(single_process_run), _losses(out)
-    assert len(launched) == len(single) == 4
-    assert max(abs(a - b) for a, b in zip(single, launched)) < DDP_TOLERANCE
+    _assert_two_processes_match(out, single_process_run, DDP_TOLERANCE)
 
 
 @pytest.mark.slow
@@ -308,11 +309,7 @@ def test_deepspeed_launcher_two_cpu_processes_zero2(small_tokenizer, single_proc
           str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4),
           "--deepspeed", str(PROJECT_ROOT / "configs" / "ds_config_zero2.json")],
          extra_env={"DS_ACCELERATOR": "cpu"}, timeout=560)
-    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
-    assert meta["world_size"] == 2
-    single, launched = _losses(single_process_run), _losses(out)
-    assert len(launched) == len(single) == 4
-    assert max(abs(a - b) for a, b in zip(single, launched)) < DEEPSPEED_TOLERANCE
+    _assert_two_processes_match(out, single_process_run, DEEPSPEED_TOLERANCE)
 
 
 def test_ds_configs_are_valid_and_documented():

@@ -215,7 +215,9 @@ def test_mask_html(tokenizer):
     assert page.count("#b7e4c7;color") == sum(label != IGNORE for label in item["labels"])
 
 
-def test_generate_and_accuracy_on_tiny_sft():
+@pytest.fixture(scope="module")
+def tiny_sft():
+    """The committed SFT model and its tokenizer (skips while data_samples/tiny_sft is not built)."""
     from transformers import AutoModelForCausalLM
 
     from course_utils import tokenizer as tok
@@ -223,8 +225,12 @@ def test_generate_and_accuracy_on_tiny_sft():
     path = DATA_DIR / "tiny_sft"
     if not (path / "model.safetensors").exists():
         pytest.skip("data_samples/tiny_sft not built yet")
-    model = AutoModelForCausalLM.from_pretrained(str(path))
-    tokenizer = tok.load_tiny_tokenizer(path)
+    return AutoModelForCausalLM.from_pretrained(str(path)), tok.load_tiny_tokenizer(path)
+
+
+def test_generate_and_accuracy_on_tiny_sft(tiny_sft):
+    model, tokenizer = tiny_sft
+    path = DATA_DIR / "tiny_sft"
     rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
     accuracy = sft.task_accuracy(model, tokenizer, rows[:60])
     metadata = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
@@ -282,17 +288,10 @@ def test_stop_after_steps_keeps_the_schedule(tokenizer):
     assert losses[2] == losses[None][:2]
 
 
-def test_sampled_generation_is_seeded_and_grouped():
-    from transformers import AutoModelForCausalLM
-
+def test_sampled_generation_is_seeded_and_grouped(tiny_sft):
     from course_utils import preference as pref
-    from course_utils import tokenizer as tok
 
-    path = DATA_DIR / "tiny_sft"
-    if not (path / "model.safetensors").exists():
-        pytest.skip("data_samples/tiny_sft not built yet")
-    model = AutoModelForCausalLM.from_pretrained(str(path))
-    tokenizer = tok.load_tiny_tokenizer(path)
+    model, tokenizer = tiny_sft
     rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
     prompts = [sft.task_to_messages(r, with_answer=False) for r in rows[:3]]
     first = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
