@@ -31,6 +31,11 @@ OFFLINE_ENV: dict[str, str] = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
 }
 
+#: Variables a distributed launcher (torchrun, accelerate, deepspeed) sets for each process. A process that
+#: inherits stale ones tries to rendezvous with a group that does not exist.
+LAUNCHER_ENV_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
 
 def setup_offline(offline: bool = True, ds_accelerator: str | None = "cpu") -> dict[str, str]:
     """Set the environment variables for an offline, CPU-safe run and return what was set.

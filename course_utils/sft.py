@@ -541,10 +541,10 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
     was_training = model.training
     model.eval()
     answers: list[str] = []
-    sampling = {}
+    decoding: dict[str, Any] = {"do_sample": False}
     if num_samples > 0:
         torch.manual_seed(seed)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=num_samples)
+        decoding = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=num_samples)
     for start in range(0, len(prompts), batch_size):
         chunk = [prompt_ids(messages, tokenizer) for messages in prompts[start:start + batch_size]]
         width = max(len(ids) for ids in chunk)
@@ -552,7 +552,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                 eos_token_id=eos_ids, pad_token_id=pad_id, **(sampling or {"do_sample": False}))
+                                 eos_token_id=eos_ids, pad_token_id=pad_id, **decoding)
         for row in out[:, width:].tolist():
             if im_end in row:
                 row = row[: row.index(im_end)]

@@ -16,13 +16,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
-_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+from course_utils.env import LAUNCHER_ENV_VARS  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _restore_launcher_env():
-    """No test may leave torch.distributed launcher variables behind for the tests after it."""
-    before = {key: os.environ.get(key) for key in _LAUNCHER_VARS}
+    """No test may leave torch.distributed launcher variables behind for the tests after it (e.g.
+    ``memory.single_process_deepspeed_env`` sets them in ``os.environ`` on purpose)."""
+    before = {key: os.environ.get(key) for key in LAUNCHER_ENV_VARS}
     yield
     for key, value in before.items():
         if value is None:

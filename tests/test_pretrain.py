@@ -207,14 +207,10 @@ def _script_args(tokenizer_dir: Path, out: Path, per_device: int) -> list[str]:
     ]
 
 
-_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                  "TORCHELASTIC_RUN_ID", "GROUP_RANK")
-
-
 def _run(command: list[str], extra_env: dict[str, str] | None = None, timeout: int = 400) -> None:
     # Each run starts from a clean launcher state: a stale RANK/MASTER_PORT inherited from the test process
     # would make a single-process run try to rendezvous on a port it does not own.
-    base_env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
+    base_env = {k: v for k, v in os.environ.items() if k not in env.LAUNCHER_ENV_VARS}
     run_env = {**base_env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT), **(extra_env or {})}
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=run_env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
