@@ -4,6 +4,7 @@
 #   make notebooks  re-execute the notebooks in place so their committed outputs are fresh
 #   make lab        JupyterLab on the project
 #   make slides     build the Marp decks into build/slides/
+#   make test-gpu   every notebook on a CUDA GPU with a real model (GPU runners; see scripts/test_gpu.py)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -21,7 +22,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
 
-.PHONY: venv workbook test unit nbval notebooks lab slides check-slides clean
+.PHONY: venv workbook test unit unit-fast nbval notebooks lab slides check-slides clean test-gpu
 
 venv: $(STAMP)
 
@@ -30,7 +31,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet torch==2.13.0
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e .
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (workbook)" > /dev/null
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" > /dev/null
 	touch $(STAMP)
 
 workbook: $(STAMP)
@@ -41,6 +42,12 @@ notebooks: $(STAMP)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q
+
+unit-fast: $(STAMP)
+	$(PY) -m pytest tests -q -m "not slow"
+
+test-gpu: $(STAMP)
+	env -u DS_ACCELERATOR $(PY) scripts/test_gpu.py
 
 nbval: $(STAMP)
 	env -u MPLBACKEND WORKBOOK_FIGURES_DIR=$(CURDIR)/build/nbval_figures $(PY) -m pytest $(NBVAL_FLAGS) notebooks/ -q; rc=$$?; \

@@ -37,17 +37,43 @@ LAUNCHER_ENV_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL
                                       "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 
 
-def setup_offline(offline: bool = True, ds_accelerator: str | None = "cpu") -> dict[str, str]:
+def as_bool(value: object) -> bool:
+    """A notebook parameter as a boolean: ``True``/``False``, or the strings papermill's ``-p`` passes
+    (``"false"``, ``"0"``, ``"no"``, ``"off"`` are False; ``"true"``, ``"1"``, ``"yes"``, ``"on"`` are True)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"cannot read {value!r} as a boolean (use true or false)")
+
+
+HUB_OFFLINE_KEYS: tuple[str, ...] = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def setup_offline(offline: object = True, ds_accelerator: str | None = "auto") -> dict[str, str]:
     """Set the environment variables for an offline, CPU-safe run and return what was set.
 
-    ``offline=False`` leaves the Hub reachable (a user with a network who wants a real model).
-    ``ds_accelerator=None`` lets DeepSpeed pick the accelerator itself (on a GPU machine).
-    Existing values set by the user are kept.
+    ``offline`` is a notebook parameter (a bool, or papermill's string ``"false"``). ``offline=False`` is an
+    explicit choice: it *removes* the Hub offline switches even when the shell (``make``, the runner) set them,
+    so that ``-p OFFLINE false`` really lets transformers download. ``ds_accelerator="auto"`` sets
+    ``DS_ACCELERATOR=cpu`` only on a machine without CUDA (DeepSpeed picks the GPU itself otherwise); ``None``
+    leaves it alone. Other existing values set by the user are kept.
     """
+    offline = as_bool(offline)
     wanted = dict(OFFLINE_ENV)
     if not offline:
-        for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        for key in HUB_OFFLINE_KEYS:
             wanted.pop(key)
+            os.environ.pop(key, None)
+    if ds_accelerator == "auto":
+        import torch
+
+        ds_accelerator = None if torch.cuda.is_available() else "cpu"
     if ds_accelerator is None:
         wanted.pop("DS_ACCELERATOR")
     else:
@@ -55,6 +81,16 @@ def setup_offline(offline: bool = True, ds_accelerator: str | None = "cpu") -> d
     for key, value in wanted.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in wanted}
+
+
+def limit_cpu_threads(device: "torch.device | str", threads: int = 2) -> int:
+    """On CPU, use at most ``threads`` intra-op threads (the 2-core budget of the workbook); on a GPU leave torch's
+    default (the data pipeline and the optimizer step of a CPU fallback deserve every core). Returns the count."""
+    import torch
+
+    if str(device).startswith("cpu"):
+        torch.set_num_threads(max(1, min(threads, torch.get_num_threads())))
+    return torch.get_num_threads()
 
 
 def detect_platform() -> str:
@@ -113,17 +149,24 @@ class PrecisionChoice:
 def pick_precision(device: "torch.device | str") -> PrecisionChoice:
     """Choose the training precision for ``device``.
 
-    bf16 only where ``torch.cuda.is_bf16_supported()`` (Ampere and newer); older CUDA GPUs such as the
-    Colab T4 get fp16 with a gradient scaler (fp16 overflows without loss scaling); CPU and MPS train in
-    fp32 in this workbook.
+    bf16 only where the GPU computes it natively: compute capability 8.0 or newer (Ampere, Ada, Hopper).
+    ``torch.cuda.is_bf16_supported()`` is *not* the test: in torch 2.13 it counts emulation and says True on a
+    T4 (capability 7.5), where bf16 matmuls run slowly in software. Older CUDA GPUs such as the Colab T4 get
+    fp16 with a gradient scaler (fp16 gradients underflow without loss scaling). CPU and MPS train in fp32.
+    In every mixed-precision case the trainable weights and the optimizer state stay fp32 (``autocast`` casts
+    the matmul inputs); only the forward/backward compute runs in 16 bits.
     """
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return PrecisionChoice(torch.bfloat16, True, False, False, "CUDA GPU with bf16 support")
-        return PrecisionChoice(torch.float16, False, True, True, "CUDA GPU without bf16 (e.g. T4): fp16 + GradScaler")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        if major >= 8:
+            return PrecisionChoice(torch.bfloat16, True, False, False,
+                                   f"CUDA GPU, compute capability {major}.{minor} >= 8.0: native bf16")
+        return PrecisionChoice(torch.float16, False, True, True,
+                               f"CUDA GPU, compute capability {major}.{minor} < 8.0 (e.g. T4): fp16 + GradScaler")
     return PrecisionChoice(torch.float32, False, False, False, f"{device.type}: fp32")
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 GIB: int = 2**30
@@ -754,3 +755,65 @@ def single_process_deepspeed_env(skip_shm_build: bool = True) -> dict[str, str]:
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return values
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 7. What a notebook needs on a real model (configs/notebook_profiles.json)
+# ---------------------------------------------------------------------------------------------------------
+PROFILES_FILE = Path(__file__).resolve().parent.parent / "configs" / "notebook_profiles.json"
+#: CUDA context, cuBLAS workspaces and allocator slack, measured as ~0.5-1 GiB on current GPUs.
+CUDA_OVERHEAD_BYTES = GIB
+
+
+def notebook_profiles() -> dict[str, Any]:
+    """The per-notebook profiles (parameters of the stand-in and GPU runs, real-model workloads)."""
+    import json
+
+    return json.loads(PROFILES_FILE.read_text(encoding="utf-8"))["notebooks"]
+
+
+def notebook_need(notebook: str, config: Any, device_type: str = "cuda") -> int:
+    """Predicted peak bytes of ``notebook`` (e.g. ``"06_sft_masking"``) on a model with ``config``.
+
+    Weights are fp32 (the workbook keeps fp32 master weights): ``4 · P`` per copy alive; the trained fraction adds
+    fp32 gradients and AdamW's two moments (``12 · P``). On CUDA, autocast's 16-bit weight copies (``2 · P``), the
+    activations of the heaviest forward/backward in 16 bits (:func:`activation_bytes`, no checkpointing, the LM
+    head's logits included, so a reward model is over-estimated) and :data:`CUDA_OVERHEAD_BYTES`; on CPU the same
+    activations in fp32 and no overhead. 0 for a notebook that loads no model.
+    """
+    from course_utils.models import count_parameters_formula
+
+    profile = notebook_profiles()[notebook]
+    work = profile["workload"]
+    if not profile["uses_model"]:
+        return 0
+    cuda = device_type == "cuda"
+    params = count_parameters_formula(config)
+    weights = 4 * params * (1 + work["extra_copies"])
+    trained = int(work["trained_fraction"] * params) * (12 + (2 if cuda else 0))
+    acts = activation_bytes(config, work["seq_len"], work["batch"], dtype_bytes=2 if cuda else 4).peak
+    return weights + trained + acts + (CUDA_OVERHEAD_BYTES if cuda else 0)
+
+
+def check_fits(notebook: str, config: Any, device: "torch.device | str") -> int:
+    """Refuse, with one sentence, to run ``notebook`` where ``device`` cannot hold its predicted need.
+
+    On CUDA the free memory (``torch.cuda.mem_get_info``) is compared with :func:`notebook_need`; on CPU the
+    available RAM (psutil). Returns the predicted bytes.
+    """
+    import torch
+
+    device = torch.device(device)
+    need = notebook_need(notebook, config, device_type=device.type)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        where = f"GPU {torch.cuda.get_device_name(device)} has {free / GIB:.1f} GiB free"
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+        where = f"this machine has {free / GIB:.1f} GiB of RAM available"
+    if need > free:
+        raise MemoryError(f"{notebook} needs about {need / GIB:.1f} GiB for this model but {where}: choose a smaller "
+                          "MODEL, a larger GPU, or lower BATCH_SIZE / MAX_LENGTH in the parameters cell.")
+    return need

@@ -353,9 +353,14 @@ def encode_chat_with_template(messages: Sequence[Mapping[str, str]], tokenizer: 
                               max_length: int | None = None) -> dict[str, list[int]]:
     """The library way: ``apply_chat_template(..., return_assistant_tokens_mask=True)``.
 
-    Needs a chat template with ``{% generation %}`` markers (``tokenizer.CHAT_TEMPLATE``); the mask is 1 on the
-    characters inside them. Returns the same keys as :func:`encode_chat` plus ``assistant_masks``.
+    Needs a chat template with ``{% generation %}`` markers (``tokenizer.CHAT_TEMPLATE``, or the model's own when it
+    has them: :func:`course_utils.tokenizer.use_training_template`); the mask is 1 on the characters inside them.
+    A template without markers raises ``ValueError`` (it would give 0 trained tokens). Returns the same keys as
+    :func:`encode_chat` plus ``assistant_masks``.
     """
+    from course_utils.tokenizer import require_generation_markers
+
+    require_generation_markers(tokenizer, "encode_chat_with_template (an assistant-only mask)")
     out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
     ids = list(out["input_ids"])
@@ -533,6 +538,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
     ``seed``) and returns them grouped by prompt: ``len(prompts) * num_samples`` strings.
     """
     import torch
+    from transformers import GenerationConfig
 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     eos_ids = [im_end] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id not in (None, im_end) else [])
@@ -541,10 +547,15 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
     was_training = model.training
     model.eval()
     answers: list[str] = []
+    # A checkpoint's own generation config (Qwen2.5-Instruct: sampling, top_k 20, repetition_penalty 1.05) must not
+    # leak into "greedy" evaluation: transformers fills every value left at its default from
+    # model.generation_config, so that config itself is replaced by a plain one while we generate.
     decoding: dict[str, Any] = {"do_sample": False}
     if num_samples > 0:
         torch.manual_seed(seed)
         decoding = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=num_samples)
+    own_config = model.generation_config
+    model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad_id)
     for start in range(0, len(prompts), batch_size):
         chunk = [prompt_ids(messages, tokenizer) for messages in prompts[start:start + batch_size]]
         width = max(len(ids) for ids in chunk)
@@ -557,6 +568,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
             if im_end in row:
                 row = row[: row.index(im_end)]
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    model.generation_config = own_config
     if was_training:
         model.train()
     return answers

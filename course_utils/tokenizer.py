@@ -13,6 +13,7 @@ The chat template marks assistant turns with ``{% generation %}`` so that
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -301,3 +302,54 @@ def template_matches_inference(
 def eos_label_kept(labels: Iterable[int], input_ids: Iterable[int], eos_id: int) -> bool:
     """True when every EOS in ``input_ids`` keeps its label (is not -100): the model can learn to stop."""
     return all(label != -100 for token, label in zip(input_ids, labels) if token == eos_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training chat template: one decision for every tokenizer (notebooks 06, 07, 09-11 and scripts/sft.py).
+# ---------------------------------------------------------------------------------------------------------------
+_GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+def has_generation_markers(template: str | None) -> bool:
+    """True when a chat template marks assistant output with ``{% generation %}`` ... ``{% endgeneration %}``,
+    which ``apply_chat_template(return_assistant_tokens_mask=True)`` and TRL's ``assistant_only_loss`` need."""
+    return bool(template) and bool(_GENERATION_MARKER.search(template))
+
+
+def use_training_template(tokenizer: "PreTrainedTokenizerBase") -> str:
+    """Decide, for any tokenizer, the chat template used for training *and* inference, set it, and say which.
+
+    * The model's own template is kept when it already has ``{% generation %}`` markers.
+    * Otherwise (Qwen2.5's own templates, most hub templates) the project's ChatML :data:`CHAT_TEMPLATE` is
+      installed. A template without markers cannot give an assistant-only mask (0 trained tokens), so it is never
+      used for training. Qwen2.5's own template renders the same turns but adds a default system prompt ("You are
+      Qwen, created by Alibaba Cloud...") when none is given: notebook 06 shows the difference.
+    * ChatML ends every turn with ``<|im_end|>``; when the tokenizer has that token it becomes the EOS (as in
+      Qwen2.5-Instruct), so a base checkpoint whose EOS is ``<|endoftext|>`` (= its pad) learns and stops on the
+      end of turn, and pad != eos.
+
+    The replaced template is kept in ``tokenizer.init_kwargs["model_chat_template"]``. Returns ``"model"`` or
+    ``"chatml"``.
+    """
+    own = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    if has_generation_markers(own):
+        choice = "model"
+    else:
+        tokenizer.init_kwargs["model_chat_template"] = own
+        tokenizer.chat_template = CHAT_TEMPLATE
+        choice = "chatml"
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if choice == "chatml" and im_end is not None and im_end != unk and tokenizer.eos_token != IM_END:
+        tokenizer.eos_token = IM_END
+    return choice
+
+
+def require_generation_markers(tokenizer: "PreTrainedTokenizerBase", purpose: str = "an assistant-only mask") -> None:
+    """Raise a clear error when the tokenizer's chat template cannot mark assistant tokens."""
+    if not has_generation_markers(tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None):
+        raise ValueError(
+            f"{purpose} needs a chat template with {{% generation %}} markers; this tokenizer's template has none, "
+            "so every label would be -100 (0 trained tokens). Call course_utils.tokenizer.use_training_template("
+            "tokenizer) (or load with models.load_model_and_tokenizer, which does) first."
+        )

@@ -154,8 +154,12 @@ def train_loop(
     mean by ``gradient_accumulation_steps`` is only right when they all hold the same number). Then the gradient
     norm is clipped to ``max_grad_norm``, AdamW steps, and the cosine schedule moves on.
 
-    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass under ``torch.autocast`` on the model's
-    device; the weights and the optimizer stay in fp32 (mixed precision). fp16 would also need a GradScaler.
+    ``autocast_dtype`` (``torch.bfloat16`` or ``torch.float16``, from :func:`course_utils.env.pick_precision`) runs
+    the forward pass under ``torch.autocast`` on the model's device; the trainable weights and the optimizer stay
+    in fp32 (mixed precision: fp32 master weights; a model whose trainable weights are not fp32 is refused, since
+    AdamW updates smaller than a bf16 step are lost). fp16 also uses a ``torch.amp.GradScaler``: the loss is
+    multiplied before ``backward`` so small gradients do not underflow, the gradients are unscaled *before*
+    clipping, and a step whose gradients overflowed is skipped (as ``Trainer(fp16=True)`` does).
     Logged entries: ``step``, ``loss`` (mean over the logging interval, like Trainer), ``learning_rate``
     (the rate used by the last step of the interval), ``grad_norm`` (before clipping), ``tokens``, ``seconds``.
     """
@@ -164,6 +168,12 @@ def train_loop(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     model.train()
+    if autocast_dtype is not None:
+        low = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
+        if low:
+            raise ValueError(f"mixed precision keeps fp32 master weights, but trainable weights are {low}: load the "
+                             "model in fp32 (models.load_model_and_tokenizer does) and let autocast cast the matmuls")
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     optimizer = build_optimizer(model, learning_rate, weight_decay, fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_with_warmup(step, warmup_steps, max_steps)
@@ -181,15 +191,21 @@ def train_loop(
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
             loss_sum, _ = causal_lm_loss_sum(logits, batch["labels"])
             loss = loss_sum / n_items  # normalise by the tokens of the whole window
-            loss.backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
             step_loss += loss.item()
             tokens_seen += batch["input_ids"].numel()
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if max_grad_norm is not None and max_grad_norm > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
         else:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
         used_lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)  # skipped when the gradients hold inf/NaN
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         interval_loss += step_loss

@@ -4,6 +4,12 @@
     python scripts/run_notebooks.py notebooks/05*.ipynb  # some of them
     python scripts/run_notebooks.py -p MODEL Qwen/Qwen2.5-0.5B -p MAX_STEPS 200   # papermill parameters
     python scripts/run_notebooks.py --inplace            # refresh the committed outputs (make notebooks)
+    python scripts/run_notebooks.py --profile standin --model /path/to/standin   # the real-model path on CPU
+    python scripts/run_notebooks.py --profile gpu --model Qwen/Qwen2.5-0.5B       # make test-gpu
+
+``--profile`` merges each notebook's parameters from ``configs/notebook_profiles.json`` (``standin`` or ``gpu``)
+under the ``-p`` ones; ``--model`` sets ``MODEL``. Only the parameters a notebook declares are passed to it. On a
+CUDA machine the runner samples the device's used memory (``nvidia-smi``) and reports each notebook's peak.
 
 Each notebook may call ``course_utils.env.record_key_figure(name, value)``; the runner collects those
 figures into the summary (``build/summary.md`` and ``build/summary.json``). Exit status 1 if any
@@ -36,6 +42,62 @@ def parse_value(text: str) -> object:
         return text
 
 
+def declared_parameters(path: Path) -> set[str]:
+    """The names a notebook's ``parameters`` cell declares (papermill's own parser)."""
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    notebook = nbformat.read(path, as_version=4)
+    cells = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    return {parameter.name for cell in cells for parameter in PythonTranslator.inspect(cell)}
+
+
+def profile_parameters(profile: str, notebook: str) -> dict[str, object]:
+    """``configs/notebook_profiles.json``: the profile's common parameters, then the notebook's own."""
+    data = json.loads((ROOT / "configs" / "notebook_profiles.json").read_text(encoding="utf-8"))
+    return {**data[f"{profile}_common"], **data["notebooks"][notebook][profile]}
+
+
+class GpuMemorySampler:
+    """Peak used memory of GPU 0 while a notebook runs, sampled with ``nvidia-smi`` every 0.2 s (None without one)."""
+
+    def __init__(self) -> None:
+        import shutil
+        import threading
+
+        self.available = shutil.which("nvidia-smi") is not None
+        self.peak_mib: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _used_mib(self) -> float | None:
+        import subprocess
+
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                                 capture_output=True, text=True, timeout=5, check=True).stdout
+            return float(out.strip().splitlines()[0])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            used = self._used_mib()
+            if used is not None:
+                self.peak_mib = max(self.peak_mib or 0.0, used)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> GpuMemorySampler:
+        if self.available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.available:
+            self._thread.join(timeout=10)
+
+
 def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, object], timeout: int) -> dict:
     """Run one notebook; return its summary row."""
     import nbformat
@@ -47,7 +109,9 @@ def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, obje
     target = path if inplace else out_dir / path.name
     started = time.perf_counter()
     status, error = "ok", ""
+    sampler = GpuMemorySampler()
     try:
+        sampler.__enter__()
         if parameters:
             import papermill
 
@@ -69,6 +133,8 @@ def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, obje
     except Exception as exc:  # a failing cell: record it, keep going with the other notebooks
         status = "FAILED"
         error = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+    finally:
+        sampler.__exit__()
     seconds = time.perf_counter() - started
     if target.exists():
         from nbconvert import HTMLExporter
@@ -76,16 +142,22 @@ def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, obje
         html, _ = HTMLExporter().from_notebook_node(nbformat.read(target, as_version=4))
         (out_dir / f"{path.stem}.html").write_text(html, encoding="utf-8")
     figures = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
-    return {"notebook": path.name, "seconds": round(seconds, 1), "status": status, "figures": figures, "error": error}
+    row = {"notebook": path.name, "seconds": round(seconds, 1), "status": status, "figures": figures, "error": error}
+    if sampler.peak_mib is not None:
+        row["gpu_peak_mib"] = round(sampler.peak_mib)
+    return row
 
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of the run."""
-    lines = ["| notebook | seconds | status | key figures |", "| --- | ---: | --- | --- |"]
+    gpu = any("gpu_peak_mib" in row for row in rows)
+    lines = ["| notebook | seconds | status | " + ("GPU peak MiB | predicted MiB | " if gpu else "") + "key figures |",
+             "| --- | ---: | --- | " + ("---: | ---: | " if gpu else "") + "--- |"]
     for row in rows:
-        figures = ", ".join(f"{k}={v}" for k, v in row["figures"].items()) or row["error"]
+        figures = ", ".join(f"{k}={v}" for k, v in row["figures"].items() if k != "predicted_mib") or row["error"]
         budget = " (over 120 s budget)" if row["seconds"] > NOTEBOOK_BUDGET_S else ""
-        lines.append(f"| {row['notebook']} | {row['seconds']:.1f}{budget} | {row['status']} | {figures} |")
+        memory = (f"{row.get('gpu_peak_mib', '')} | {row['figures'].get('predicted_mib', '')} | " if gpu else "")
+        lines.append(f"| {row['notebook']} | {row['seconds']:.1f}{budget} | {row['status']} | {memory}{figures} |")
     total = sum(row["seconds"] for row in rows)
     lines.append(f"| **total** | {total:.1f}{' (over 600 s budget)' if total > TOTAL_BUDGET_S else ''} | "
                  f"{sum(r['status'] == 'ok' for r in rows)}/{len(rows)} ok | |")
@@ -99,21 +171,33 @@ def main() -> int:
     parser.add_argument("--inplace", action="store_true", help="overwrite the notebooks with fresh outputs")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument("--profile", choices=("standin", "gpu"), help="per-notebook parameters from "
+                        "configs/notebook_profiles.json")
+    parser.add_argument("--model", help="MODEL for every notebook that declares it")
     args = parser.parse_args()
-    if args.inplace and args.parameter:
+    if args.inplace and (args.parameter or args.profile or args.model):
         parser.error("--inplace keeps the default parameters (the committed outputs are the CPU default)")
 
-    env.setup_offline()
+    given = {name: parse_value(value) for name, value in args.parameter}
+    offline = env.as_bool(given.get("OFFLINE", True))
+    env.setup_offline(offline=offline)
     os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend stores the plots in the notebooks
+    if not args.inplace:  # only `make notebooks` refreshes the committed slide figures
+        os.environ.setdefault("WORKBOOK_FIGURES_DIR", str((args.out / "figures").resolve()))
     notebooks = sorted(args.notebooks) or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         print("no notebooks found")
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    parameters = {name: parse_value(value) for name, value in args.parameter}
     rows = []
     for path in notebooks:
-        print(f"running {path.name} ...", flush=True)
+        wanted = dict(profile_parameters(args.profile, path.stem)) if args.profile else {}
+        if args.model:
+            wanted["MODEL"] = args.model
+        wanted.update(given)
+        declared = declared_parameters(path) if wanted else set()
+        parameters = {name: value for name, value in wanted.items() if name in declared}
+        print(f"running {path.name} ..." + (f" {parameters}" if parameters else ""), flush=True)
         row = execute(path.resolve(), args.out.resolve(), args.inplace, parameters, args.timeout)
         print(f"  {row['status']} in {row['seconds']:.1f} s {row['error']}", flush=True)
         rows.append(row)

@@ -47,16 +47,55 @@ def test_seed_everything_repeats_random_streams():
     assert torch.equal(first, torch.rand(3))
 
 
-def test_precision_choice(monkeypatch):
+def test_precision_choice_cpu():
     cpu = env.pick_precision("cpu")
     assert cpu.dtype == torch.float32 and not cpu.bf16 and not cpu.fp16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    t4 = env.pick_precision("cuda")
-    assert t4.fp16 and t4.needs_grad_scaler and t4.dtype == torch.float16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    ampere = env.pick_precision("cuda")
-    assert ampere.bf16 and not ampere.fp16 and not ampere.needs_grad_scaler
     assert env.trainer_precision_kwargs("cpu") == {"bf16": False, "fp16": False}
+
+
+@pytest.mark.parametrize(
+    "capability, expected",
+    [((7, 5), "fp16"),  # Tesla T4 (Colab): bf16 only emulated
+     ((7, 0), "fp16"),  # V100
+     ((8, 0), "bf16"),  # A100
+     ((8, 9), "bf16"),  # L4 / RTX 4090
+     ((9, 0), "bf16")],  # H100 / H200
+)
+def test_precision_follows_compute_capability(monkeypatch, capability, expected):
+    """The real decision function on a simulated GPU: only the hardware query is replaced. torch 2.13's
+    ``is_bf16_supported()`` says True on a T4 (it counts emulation), so it must not decide."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    choice = env.pick_precision("cuda")
+    kwargs = env.trainer_precision_kwargs("cuda")
+    if expected == "fp16":
+        assert choice.fp16 and choice.needs_grad_scaler and choice.dtype == torch.float16 and not choice.bf16
+        assert kwargs == {"bf16": False, "fp16": True}
+        assert "GradScaler" in choice.reason
+    else:
+        assert choice.bf16 and not choice.fp16 and not choice.needs_grad_scaler and choice.dtype == torch.bfloat16
+        assert kwargs == {"bf16": True, "fp16": False}
+
+
+@pytest.mark.parametrize("text, value", [("false", False), ("False", False), ("0", False), ("no", False),
+                                         ("true", True), ("1", True), (True, True), (False, False), (0, False)])
+def test_as_bool_reads_papermill_strings(text, value):
+    assert env.as_bool(text) is value
+
+
+def test_as_bool_refuses_other_text():
+    with pytest.raises(ValueError, match="boolean"):
+        env.as_bool("maybe")
+
+
+def test_setup_offline_false_removes_inherited_offline_switches(monkeypatch):
+    for key in env.HUB_OFFLINE_KEYS:
+        monkeypatch.setenv(key, "1")
+    env.setup_offline(offline="false")
+    assert not any(key in os.environ for key in env.HUB_OFFLINE_KEYS)
+    env.setup_offline(offline=True)
+    assert all(os.environ[key] == "1" for key in env.HUB_OFFLINE_KEYS)
 
 
 def test_pick_device_auto_is_cpu_here():

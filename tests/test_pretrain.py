@@ -145,6 +145,40 @@ def test_train_loop_matches_trainer(small_tokenizer, packed, tmp_path):
     assert got[-1] < got[0]
 
 
+def test_train_loop_fp16_uses_a_grad_scaler(small_tokenizer, packed, monkeypatch):
+    """The T4 path of the hand-written loop, on CPU: autocast fp16 + GradScaler (unscale before clipping).
+    Losses follow the fp32 loop within fp16 rounding, and a scaler really ran (its scale was consulted)."""
+    tokenizer, _ = small_tokenizer
+    hyper = dict(learning_rate=3e-3, warmup_steps=1, max_steps=4, max_grad_norm=1.0, seed=0, batch_size=4)
+    fp32 = [e["loss"] for e in train.train_loop(models.build_model("tiny", tokenizer, seed=0), packed, **hyper)]
+    calls = {"unscale": 0, "step": 0}
+    real_unscale, real_step = torch.amp.GradScaler.unscale_, torch.amp.GradScaler.step
+
+    def unscale(self, optimizer):
+        calls["unscale"] += 1
+        return real_unscale(self, optimizer)
+
+    def step(self, optimizer, *args, **kwargs):
+        assert calls["unscale"] == calls["step"] + 1, "clipping must see unscaled gradients"
+        calls["step"] += 1
+        return real_step(self, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "unscale_", unscale)
+    monkeypatch.setattr(torch.amp.GradScaler, "step", step)
+    fp16 = [e["loss"] for e in train.train_loop(models.build_model("tiny", tokenizer, seed=0), packed,
+                                                autocast_dtype=torch.float16, **hyper)]
+    assert calls == {"unscale": 4, "step": 4}
+    assert all(math.isfinite(x) for x in fp16)
+    assert max(abs(a - b) for a, b in zip(fp16, fp32)) < 0.05  # fp16 rounding of the matmuls, 4 steps
+
+
+def test_train_loop_refuses_bf16_master_weights(small_tokenizer, packed):
+    tokenizer, _ = small_tokenizer
+    model = models.build_model("tiny", tokenizer, seed=0).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="fp32 master weights"):
+        train.train_loop(model, packed, max_steps=1, batch_size=2, autocast_dtype=torch.bfloat16)
+
+
 def test_perplexity_is_token_weighted(small_tokenizer, packed):
     tokenizer, _ = small_tokenizer
     model = models.build_model("tiny", tokenizer, seed=0)
