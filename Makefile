@@ -15,7 +15,10 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# DeepSpeed on the CPU accelerator unless the machine has an NVIDIA GPU (then DeepSpeed picks CUDA itself)
+ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
 export DS_ACCELERATOR := cpu
+endif
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -47,7 +50,7 @@ unit-fast: $(STAMP)
 	$(PY) -m pytest tests -q -m "not slow"
 
 test-gpu: $(STAMP)
-	env -u DS_ACCELERATOR $(PY) scripts/test_gpu.py
+	$(PY) scripts/test_gpu.py
 
 nbval: $(STAMP)
 	env -u MPLBACKEND WORKBOOK_FIGURES_DIR=$(CURDIR)/build/nbval_figures $(PY) -m pytest $(NBVAL_FLAGS) notebooks/ -q; rc=$$?; \
@@ -55,8 +58,9 @@ nbval: $(STAMP)
 
 test: unit nbval
 
+# As root (AutoDL, containers) Jupyter refuses to start without --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 slides: $(STAMP)
 	$(PY) scripts/build_slides.py

@@ -407,11 +407,47 @@ def gguf_tensor_name(hf_name: str) -> str:
     raise KeyError(f"no GGUF name for {hf_name!r}")
 
 
-def gguf_tensor_name_library(hf_name: str, n_layers: int) -> str | None:
+#: transformers ``model_type`` -> llama.cpp architecture (the two decoder layouts this exporter writes).
+GGUF_ARCHITECTURES: dict[str, str] = {"qwen2": "qwen2", "llama": "llama"}
+
+
+def gguf_arch(config: Any) -> str:
+    """llama.cpp's architecture name for ``config`` (``qwen2`` or ``llama``); a clear error for any other."""
+    if config.model_type not in GGUF_ARCHITECTURES:
+        raise ValueError(f"this exporter writes the qwen2 and llama layouts; got model_type={config.model_type!r}")
+    return GGUF_ARCHITECTURES[config.model_type]
+
+
+def llama_qk_permute(weight: "torch.Tensor", n_head: int, inverse: bool = False) -> "torch.Tensor":
+    """The row order llama.cpp's ``llama`` architecture expects for q/k projections.
+
+    Hugging Face's Llama applies RoPE with ``rotate_half`` (dimension i pairs with i + d/2); llama.cpp's ``llama``
+    kernels pair neighbours (2i, 2i+1), so its converter interleaves each head's two halves
+    (``reshape(n_head, 2, d/2, ...).swapaxes(1, 2)``). Qwen2 needs nothing: llama.cpp runs it with the NEOX (half-split)
+    RoPE, the same as transformers. ``inverse=True`` undoes it.
+    """
+    rows = weight.shape[0]
+    shape = (n_head, rows // n_head // 2, 2) if inverse else (n_head, 2, rows // n_head // 2)
+    return weight.reshape(*shape, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _gguf_layout(hf_name: str, tensor: "torch.Tensor", config: Any, inverse: bool = False) -> "torch.Tensor":
+    """``tensor`` as the GGUF file stores it (``inverse``: back to Hugging Face's layout)."""
+    if gguf_arch(config) != "llama":
+        return tensor
+    if hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+        return llama_qk_permute(tensor, config.num_attention_heads, inverse)
+    if hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+        return llama_qk_permute(tensor, config.num_key_value_heads, inverse)
+    return tensor
+
+
+def gguf_tensor_name_library(hf_name: str, n_layers: int, arch: str = "qwen2") -> str | None:
     """The same mapping from the ``gguf`` package (the table llama.cpp's converter uses)."""
     import gguf
 
-    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    model_arch = {"qwen2": gguf.MODEL_ARCH.QWEN2, "llama": gguf.MODEL_ARCH.LLAMA}[arch]
+    return gguf.get_tensor_name_map(model_arch, n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
 
 
 def _rope_theta(config: Any) -> float:
@@ -421,8 +457,12 @@ def _rope_theta(config: Any) -> float:
     return float(getattr(config, "rope_theta", 10000.0))
 
 
-def tokenizer_gguf_fields(tokenizer: Any) -> dict[str, Any]:
-    """Tokenizer metadata for GGUF (llama.cpp's ``gpt2`` BPE kind): tokens by id, token types, merges, special ids."""
+def tokenizer_gguf_fields(tokenizer: Any, vocab_size: int | None = None) -> dict[str, Any]:
+    """Tokenizer metadata for GGUF (llama.cpp's ``gpt2`` BPE kind): tokens by id, token types, merges, special ids.
+
+    When the embedding has more rows than the tokenizer has tokens (Qwen2.5: 151,936 rows, 151,665 tokens), the list
+    is padded with ``[PAD{id}]`` tokens of type UNUSED, as llama.cpp's converter does, so ``n_vocab`` equals the rows.
+    """
     import gguf
 
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -433,6 +473,9 @@ def tokenizer_gguf_fields(tokenizer: Any) -> dict[str, Any]:
     tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
     special = set(tokenizer.all_special_ids) | {t["id"] for t in backend.get("added_tokens", []) if t.get("special")}
     types = [int(gguf.TokenType.CONTROL) if i in special else int(gguf.TokenType.NORMAL) for i in range(n)]
+    if vocab_size is not None and vocab_size > n:
+        tokens += [f"[PAD{i}]" for i in range(n, vocab_size)]
+        types += [int(gguf.TokenType.UNUSED)] * (vocab_size - n)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     ids = {
         "bos": tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tokenizer.get_vocab() else None,
@@ -444,7 +487,7 @@ def tokenizer_gguf_fields(tokenizer: Any) -> dict[str, Any]:
 
 
 def export_gguf(model: Any, tokenizer: Any, path: str | Path, dtype: str = "f32", name: str = "tiny") -> Path:
-    """Write ``model`` + ``tokenizer`` as a GGUF file for llama.cpp's ``qwen2`` architecture.
+    """Write ``model`` + ``tokenizer`` as a GGUF file for llama.cpp's ``qwen2`` (or ``llama``) architecture.
 
     Tensors get llama.cpp names (:func:`gguf_tensor_name`); a tied ``lm_head`` is not written (llama.cpp reuses
     ``token_embd``). ``dtype="f16"`` stores 2-D weights in float16 (1-D norms and biases stay float32, as
@@ -457,11 +500,9 @@ def export_gguf(model: Any, tokenizer: Any, path: str | Path, dtype: str = "f32"
     if dtype not in ("f32", "f16"):
         raise ValueError(f"dtype must be 'f32' or 'f16', not {dtype!r}")
     config = model.config
-    if config.model_type != "qwen2":
-        raise ValueError(f"this exporter writes the qwen2 layout; got model_type={config.model_type!r}")
+    arch = gguf_arch(config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arch = "qwen2"
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
@@ -473,7 +514,7 @@ def export_gguf(model: Any, tokenizer: Any, path: str | Path, dtype: str = "f32"
     writer.add_head_count_kv(int(config.num_key_value_heads))
     writer.add_rope_freq_base(_rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    tok = tokenizer_gguf_fields(tokenizer)
+    tok = tokenizer_gguf_fields(tokenizer, int(config.vocab_size))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tok["tokens"])
@@ -490,7 +531,7 @@ def export_gguf(model: Any, tokenizer: Any, path: str | Path, dtype: str = "f32"
     for hf_name, tensor in model.state_dict().items():
         if tied and hf_name == "lm_head.weight":
             continue
-        array = tensor.detach().cpu().float().numpy()
+        array = _gguf_layout(hf_name, tensor.detach().cpu().float(), config).numpy()
         if dtype == "f16" and array.ndim == 2:
             array = array.astype(np.float16)
         writer.add_tensor(gguf_tensor_name(hf_name), array)
@@ -541,7 +582,8 @@ def gguf_state_dict(contents: GGUFContents, model: Any) -> dict[str, "torch.Tens
     for hf_name in model.state_dict():
         gg = "token_embd.weight" if hf_name == "lm_head.weight" and "output.weight" not in contents.tensors \
             else gguf_tensor_name(hf_name)
-        state[hf_name] = torch.from_numpy(contents.tensors[gg].astype("float32"))
+        tensor = torch.from_numpy(contents.tensors[gg].astype("float32"))
+        state[hf_name] = _gguf_layout(hf_name, tensor, model.config, inverse=True)
     return state
 
 
@@ -573,10 +615,12 @@ def verify_gguf(model: Any, tokenizer: Any, path: str | Path, input_ids: "torch.
     contents = read_gguf(path)
     config = model.config
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    expected = {gguf_tensor_name(n): t for n, t in model.state_dict().items() if not (tied and n == "lm_head.weight")}
+    expected = {gguf_tensor_name(n): _gguf_layout(n, t.detach().cpu().float(), config)
+                for n, t in model.state_dict().items() if not (tied and n == "lm_head.weight")}
     assert set(contents.tensors) == set(expected), \
         f"tensor names differ: {sorted(set(contents.tensors) ^ set(expected))[:5]}"
-    library_ok = all(gguf_tensor_name_library(n, config.num_hidden_layers) == gguf_tensor_name(n)
+    arch = gguf_arch(config)
+    library_ok = all(gguf_tensor_name_library(n, config.num_hidden_layers, arch) == gguf_tensor_name(n)
                      for n in model.state_dict() if not (tied and n == "lm_head.weight"))
     assert library_ok, "hand-written names differ from gguf.get_tensor_name_map"
     worst = 0.0
@@ -586,13 +630,13 @@ def verify_gguf(model: Any, tokenizer: Any, path: str | Path, input_ids: "torch.
         worst = max(worst, max_abs_diff(tensor.float(), got.astype(np.float32)))
     assert worst <= atol, f"tensor values differ by {worst} > atol {atol}"
     meta = contents.metadata
-    assert meta["general.architecture"] == "qwen2"
-    for key, value in {"qwen2.block_count": config.num_hidden_layers, "qwen2.embedding_length": config.hidden_size,
-                       "qwen2.feed_forward_length": config.intermediate_size,
-                       "qwen2.attention.head_count": config.num_attention_heads,
-                       "qwen2.attention.head_count_kv": config.num_key_value_heads}.items():
+    assert meta["general.architecture"] == arch
+    for key, value in {f"{arch}.block_count": config.num_hidden_layers, f"{arch}.embedding_length": config.hidden_size,
+                       f"{arch}.feed_forward_length": config.intermediate_size,
+                       f"{arch}.attention.head_count": config.num_attention_heads,
+                       f"{arch}.attention.head_count_kv": config.num_key_value_heads}.items():
         assert int(meta[key]) == int(value), f"{key}: {meta[key]} != {value}"
-    tok = tokenizer_gguf_fields(tokenizer)
+    tok = tokenizer_gguf_fields(tokenizer, int(config.vocab_size))
     tokens_ok = list(meta["tokenizer.ggml.tokens"]) == tok["tokens"]
     merges_ok = list(meta["tokenizer.ggml.merges"]) == tok["merges"]
     assert tokens_ok, "tokenizer.ggml.tokens differ from the tokenizer's vocabulary"

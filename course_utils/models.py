@@ -233,11 +233,19 @@ def is_local_model(name: str) -> bool:
     return name in LOCAL_MODELS
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # Stand-ins for real checkpoints (the CPU test of every notebook's real-model path)
 # --------------------------------------------------------------------------------------------------------------
 STANDIN_KINDS: tuple[str, ...] = ("qwen2-instruct", "qwen2-base", "llama")
+#: Qwen2.5's special tokens after ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` (ids 151646-151664).
+QWEN25_EXTRA_SPECIAL_TOKENS: list[str] = [
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
+    "<|file_sep|>",
+]
+#: Qwen2.5-0.5B's embedding rows: 151,936, more than its 151,665 tokens (padded for efficient matmuls).
+QWEN25_VOCAB_SIZE = 151_936
 
 
 def trl_chat_template(name: str) -> str:
@@ -255,8 +263,9 @@ def build_standin(path: "str | Path", kind: str = "qwen2-instruct", hidden_size:
                   seed: int = 0) -> Path:
     """Write a small randomly initialised checkpoint shaped like a real hub model, for testing without a network.
 
-    Every kind has Qwen2.5's real tokenizer (151,665 tokens, built offline by
-    :func:`course_utils.tokenizer.load_qwen2_tokenizer`), weights saved in bf16 as the hub checkpoints are, and
+    Every kind has Qwen2.5's real tokenizer (151,665 tokens: :func:`course_utils.tokenizer.load_qwen2_tokenizer`, built
+    offline, plus Qwen2.5's other special tokens) and its 151,936 embedding rows, weights saved in bf16 as the hub
+    checkpoints are, and
     ``config.json`` / ``tokenizer_config.json`` / ``generation_config.json`` as ``from_pretrained`` expects:
 
     * ``"qwen2-instruct"``: ``Qwen2ForCausalLM`` (tied embeddings), Qwen2.5-Instruct's own chat template (default
@@ -276,12 +285,13 @@ def build_standin(path: "str | Path", kind: str = "qwen2-instruct", hidden_size:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = load_qwen2_tokenizer()
+    tokenizer.add_tokens(QWEN25_EXTRA_SPECIAL_TOKENS, special_tokens=True)  # ids 151646-151664, as Qwen2.5 has them
     tokenizer.chat_template = trl_chat_template("qwen2_5_training" if kind == "llama" else "qwen2_5")
     if kind == "qwen2-base":
         tokenizer.eos_token = ENDOFTEXT
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        vocab_size=QWEN25_VOCAB_SIZE, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
         bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT), eos_token_id=eos_id, pad_token_id=pad_id,

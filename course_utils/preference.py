@@ -325,9 +325,10 @@ def sampled_reward(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]]
     return sum(datagen.score_answer(r["task"], reply, r["answer"]) for r, reply in zip(golds, replies)) / len(replies)
 
 
-def quiet_trainer_kwargs(device: "torch.device | str" = "cpu") -> dict[str, Any]:
-    """TrainingArguments keywords shared by the TRL trainers of notebooks 09/10: deterministic, silent, and the
-    precision for ``device`` (TRL's configs default to ``bf16=True``, which fails on a CPU without bf16)."""
+def quiet_trainer_kwargs(device: "torch.device | str" = "cpu", seed: int = 0) -> dict[str, Any]:
+    """TrainingArguments keywords shared by the TRL trainers of notebooks 09-11: seeded with the notebook's ``SEED``
+    (model init, data order), silent, and the precision for ``device`` (TRL's configs default to ``bf16=True``,
+    which fails on a CPU without bf16 and emulates on a T4)."""
     from course_utils import env
 
     return dict(
@@ -339,8 +340,8 @@ def quiet_trainer_kwargs(device: "torch.device | str" = "cpu") -> dict[str, Any]
         save_strategy="no",
         eval_strategy="no",
         dataloader_num_workers=0,
-        seed=0,
-        data_seed=0,
+        seed=seed,
+        data_seed=seed,
     )
 
 
@@ -366,66 +367,5 @@ def rows_to_dataset(rows: Iterable[dict[str, Any]], conversational: bool = True)
     return Dataset.from_list(rows)
 
 
-# ------------------------------------------------------------------------------------------------ loading
 #: ``data.read_jsonl`` schema of ``data_samples/preference_{train,test}.jsonl``.
 PREFERENCE_SCHEMA: dict[str, type] = {"prompt": str, "chosen": str, "rejected": str}
-
-TINY_SFT_NAME = "tiny-sft"
-
-
-def resolve_model_path(name: str) -> str:
-    """``"tiny-base"`` / ``"tiny-sft"`` -> the committed folder in ``data_samples/``; anything else unchanged."""
-    from course_utils import DATA_DIR
-
-    return {"tiny-base": str(DATA_DIR / "tiny_base"), TINY_SFT_NAME: str(DATA_DIR / "tiny_sft")}.get(name, name)
-
-
-def load_tokenizer(name: str) -> "PreTrainedTokenizerBase":
-    """The tokenizer of a model name or folder; refuses one without a dedicated pad token (see notebook 02)."""
-    from transformers import AutoTokenizer
-
-    from course_utils.tokenizer import CHAT_TEMPLATE
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=False)
-    if name in ("tiny-base", TINY_SFT_NAME) and tokenizer.chat_template is None:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    if tokenizer.pad_token is None:
-        raise ValueError(f"{name}: tokenizer has no pad token; add a dedicated one (not EOS) before training")
-    return tokenizer
-
-
-def load_reward_model(
-    name: str = "tiny-base", seed: int = 0
-) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
-    """A reward model: ``AutoModelForSequenceClassification`` with ``num_labels=1`` on a causal LM checkpoint.
-
-    The backbone weights come from the checkpoint; the score head ``Linear(hidden, 1, bias=False)`` is new and
-    initialised from ``seed`` (the "newly initialized" warning is expected and silenced). ``config.pad_token_id``
-    is set from the tokenizer: the model pools the score at the last non-pad token, and without a pad id it
-    cannot find it in a padded batch.
-    """
-    import torch
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    tokenizer = load_tokenizer(name)
-    torch.manual_seed(seed)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(name), num_labels=1, trust_remote_code=False
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
-
-
-def load_policy(name: str = TINY_SFT_NAME) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
-    """A causal LM and its tokenizer by name (``tiny-sft``, ``tiny-base``, a folder or a hub name)."""
-    from transformers import AutoModelForCausalLM
-
-    tokenizer = load_tokenizer(name)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), trust_remote_code=False)
-    return model, tokenizer

@@ -101,35 +101,26 @@ def parse_args(argv: list[str] | None = None):
 
 
 def load_tokenizer(model_args: ModelArguments):
-    """The tokenizer that goes with the chosen model."""
-    from transformers import AutoTokenizer
-
-    from course_utils import tokenizer as tok
+    """The tokenizer that goes with the chosen model (``course_utils.models``: pad token checked)."""
+    from course_utils import models
 
     name = model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name
-    if name in ("tiny", "tiny-base"):
-        return tok.load_tiny_tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
-    if tokenizer.pad_token is None:
-        raise ValueError(f"{name}: the tokenizer has no pad token; give it a dedicated one (see notebook 02)")
-    return tokenizer
+    if model_args.trust_remote_code:
+        raise SystemExit("trust_remote_code=True would execute code shipped with the checkpoint; not supported here")
+    return models.load_tokenizer("tiny" if name in ("tiny", "tiny-base") else name, template="model")
 
 
 def build_model(model_args: ModelArguments, tokenizer, seed: int):
-    """From scratch (``--config_name``) or from weights (``--model_name_or_path``)."""
+    """From scratch (``--config_name``) or from weights (``--model_name_or_path``), fp32 master weights."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from course_utils import models
 
     if model_args.model_name_or_path:
-        if model_args.model_name_or_path == "tiny-base":
-            model, _ = models.load_model_and_tokenizer("tiny-base")
-            return model
-        return AutoModelForCausalLM.from_pretrained(
-            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation,
-            trust_remote_code=model_args.trust_remote_code,
-        )
+        model, _ = models.load_model_and_tokenizer(model_args.model_name_or_path, template="model",
+                                                   attn_implementation=model_args.attn_implementation)
+        return model
     overrides = {}
     if model_args.config_overrides:
         for item in model_args.config_overrides.split(","):
@@ -138,12 +129,13 @@ def build_model(model_args: ModelArguments, tokenizer, seed: int):
     if model_args.config_name == "tiny":
         config = models.tiny_config(tokenizer, **overrides)
     else:
-        config = AutoConfig.from_pretrained(model_args.config_name, trust_remote_code=model_args.trust_remote_code)
+        config = models.load_config(model_args.config_name)
         for key, value in overrides.items():
             setattr(config, key, value)
         config.vocab_size = len(tokenizer)
         config.pad_token_id = tokenizer.pad_token_id
     config._attn_implementation = model_args.attn_implementation
+    config.dtype = torch.float32
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
 

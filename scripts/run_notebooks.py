@@ -139,7 +139,10 @@ def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, obje
     if target.exists():
         from nbconvert import HTMLExporter
 
-        html, _ = HTMLExporter().from_notebook_node(nbformat.read(target, as_version=4))
+        executed = nbformat.read(target, as_version=4)
+        title = next((line.lstrip("# ").strip() for line in "".join(executed.cells[0].source).splitlines()
+                      if line.startswith("# ")), path.stem) if executed.cells else path.stem
+        html, _ = HTMLExporter().from_notebook_node(executed, resources={"metadata": {"name": title}})
         (out_dir / f"{path.stem}.html").write_text(html, encoding="utf-8")
     figures = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
     row = {"notebook": path.name, "seconds": round(seconds, 1), "status": status, "figures": figures, "error": error}

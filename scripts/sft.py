@@ -153,17 +153,20 @@ def main(argv: list[str] | None = None) -> dict:
     env.seed_everything(training_args.seed)
     started = time.time()
 
-    model, tokenizer = models.load_model_and_tokenizer(model_args.model_name_or_path, seed=training_args.seed)
+    model, tokenizer = models.load_model_and_tokenizer(model_args.model_name_or_path, seed=training_args.seed,
+                                                       template="model")
     if model_args.template in ("chatml", "qwen"):
         for special in (tok.IM_START, tok.IM_END):
             if special not in tokenizer.get_vocab():
                 raise SystemExit(f"template {model_args.template!r} needs {special} in the vocabulary")
-        tokenizer.chat_template = tok.CHAT_TEMPLATE
+        tokenizer.chat_template = None  # the project's ChatML (generation markers, <|im_end|> as EOS)
+        tok.use_training_template(tokenizer)
+        models.sync_generation_config(model, tokenizer)
         method = "scratch"
     elif model_args.template == "tokenizer":
-        if "{% generation" not in (tokenizer.chat_template or "") and "{%- generation" not in (
-                tokenizer.chat_template or ""):
-            raise SystemExit("template `tokenizer`: the tokenizer's chat template has no {% generation %} markers")
+        if not tok.has_generation_markers(tokenizer.chat_template):
+            raise SystemExit("template `tokenizer`: the tokenizer's chat template has no {% generation %} markers "
+                             "(it would train 0 tokens); use `template: chatml`")
         method = "template"
     else:
         raise SystemExit(f"unknown template {model_args.template!r} (chatml, qwen, tokenizer)")

@@ -184,3 +184,15 @@ def test_heldout_split_matches_pretraining(tokenizer):
     assert held["input_ids"][:3] == expected["test"]["input_ids"][:3]
     train_first = {tuple(x) for x in expected["train"]["input_ids"][:2000]}
     assert not any(tuple(x) in train_first for x in held["input_ids"])
+
+
+def test_llama_qk_permute_round_trips_and_interleaves_halves():
+    import torch
+
+    from course_utils import evaluation as ev
+
+    w = torch.arange(2 * 8 * 3, dtype=torch.float32).reshape(2 * 8, 3)  # 2 heads of dim 8, in 3
+    p = ev.llama_qk_permute(w, n_head=2)
+    assert torch.equal(ev.llama_qk_permute(p, n_head=2, inverse=True), w)
+    # within a head, rows (0, 4), (1, 5), ... (the rotate_half pairs) become neighbours (0, 1), (2, 3), ...
+    assert torch.equal(p[:8:2], w[:4]) and torch.equal(p[1:8:2], w[4:8])

@@ -42,3 +42,54 @@ def test_notebook_conventions(path):
     errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, "a stored error"
     assert all(c.get("execution_count") is not None for c in code if "".join(c["source"]).strip()), "fully executed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_parameters_cell_parses_fully_and_kernelspec_is_shared(path):
+    """papermill reads every assignment of the parameters cell (a comment holding '=' made it skip the line,
+    "Unable to parse"), so `-p NAME value` reaches the notebook; every notebook has the same kernelspec."""
+    from papermill.translators import PythonTranslator
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    source = "".join(cell["source"])
+    assigned = [line.split("=", 1)[0].strip() for line in source.splitlines()
+                if re.match(r"^[A-Z_][A-Z0-9_]*\s*=", line)]
+    parsed = [p.name for p in PythonTranslator.inspect({"source": source})]
+    assert parsed == assigned, (parsed, assigned)
+    assert nb["metadata"]["kernelspec"] == {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                            "name": "python3"}
+
+
+def test_profiles_name_every_notebook_and_only_declared_parameters():
+    from papermill.translators import PythonTranslator
+
+    profiles = json.loads((ROOT / "configs" / "notebook_profiles.json").read_text(encoding="utf-8"))
+    assert sorted(profiles["notebooks"]) == [p.stem for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        declared = {p.name for p in PythonTranslator.inspect({"source": "".join(cell["source"])})}
+        entry = profiles["notebooks"][path.stem]
+        for profile in ("standin", "gpu"):
+            assert set(entry[profile]) <= declared, (path.stem, profile, set(entry[profile]) - declared)
+        assert ("MODEL" in declared) == entry["uses_model"], path.stem
+        source = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        if entry["uses_model"]:
+            assert f'check_fits("{path.stem}"' in source, f"{path.stem} does not check that MODEL fits"
+
+
+def test_no_notebook_or_script_keeps_its_own_model_registry():
+    """Model names resolve in course_utils.models alone: no folder table of data_samples/tiny_* elsewhere."""
+    sources = [p for p in (ROOT / "scripts").glob("*.py")] + [p for p in (ROOT / "course_utils").glob("*.py")
+                                                             if p.name != "models.py"]
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r'"tiny-(base|sft)"\s*:\s*', text), path.name
+        loads = re.search(r"(?<!`)AutoModel\w*\.from_pretrained\(", text)  # a backticked one is prose
+        assert not loads or path.name == "evaluation.py", path.name  # evaluation reloads the folders it saved
+    for path in NOTEBOOKS:
+        code = "".join("".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+                       if c["cell_type"] == "code")
+        assert not re.search(r'DATA_DIR / "tiny_sft', code), path.name
+        assert "pref.load_" not in code and "resolve_model_path(SFT" not in code, path.name

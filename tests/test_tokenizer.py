@@ -121,3 +121,20 @@ def test_qwen2_tokenizer_offline():
     assert qwen.convert_tokens_to_ids("<|endoftext|>") == 151643 and qwen.eos_token_id == 151645
     assert qwen("Hello!")["input_ids"] == [9707, 0]
     assert tk.render_with_template(qwen, MESSAGES[1:2], add_generation_prompt=True)[:3] == [151644, 872, 198]
+
+
+def test_training_template_decision():
+    """One decision for every tokenizer: keep a template with generation markers, else install ChatML."""
+    from course_utils import tokenizer as tok
+
+    assert tok.has_generation_markers(tok.CHAT_TEMPLATE)
+    assert tok.has_generation_markers("{%- generation -%}x{%- endgeneration -%}")
+    assert not tok.has_generation_markers("{{ messages[0]['content'] }}") and not tok.has_generation_markers(None)
+    tiny = tok.load_tiny_tokenizer()
+    assert tok.use_training_template(tiny) == "model" and tiny.chat_template == tok.CHAT_TEMPLATE
+    tiny.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"   # a template without markers
+    with __import__("pytest").raises(ValueError, match="generation"):
+        tok.require_generation_markers(tiny)
+    assert tok.use_training_template(tiny) == "chatml" and tiny.chat_template == tok.CHAT_TEMPLATE
+    assert tiny.init_kwargs["model_chat_template"].startswith("{% for m")
+    assert tiny.eos_token == tok.IM_END
