@@ -320,35 +320,64 @@ def build_standin(path: "str | Path", kind: str = "qwen2-instruct", hidden_size:
     return path
 
 
-def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", num_documents: int = 4) -> float:
-    """Mean next-token loss (nats) of ``model`` on the first documents of the project's corpus."""
+def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", num_documents: int = 4,
+                   kind: str = "text") -> float:
+    """Mean next-token loss (nats) of ``model`` on a few fixed examples of the project's data.
+
+    ``kind="text"``: the first documents of the pretraining corpus (what a base model knows); ``kind="chat"``: the
+    assistant replies of the first checkable tasks in ChatML (what an SFT model knows; needs ``<|im_start|>``).
+    """
+    import json
+
     import torch
 
+    from course_utils import DATA_DIR
     from course_utils import tokenizer as tok
 
-    texts = [text for _, text in zip(range(num_documents), tok.iter_corpus_texts())]
+    examples: list[tuple[list[int], list[int]]] = []
+    if kind == "text":
+        for _, text in zip(range(num_documents), tok.iter_corpus_texts()):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"][:128]
+            examples.append((ids, ids))
+    elif kind == "chat":
+        from course_utils import sft
+
+        with open(DATA_DIR / "tasks_train.jsonl", encoding="utf-8") as handle:
+            rows = [json.loads(line) for _, line in zip(range(2 * num_documents), handle)]
+        for row in rows:
+            item = sft.encode_chat(sft.task_to_messages(row), tokenizer)
+            examples.append((item["input_ids"], item["labels"]))
+    else:
+        raise ValueError(f"kind must be 'text' or 'chat', not {kind!r}")
     device = next(model.parameters()).device
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for text in texts:
-            ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"][:128]], device=device)
-            out = model(input_ids=ids, labels=ids)
-            total += float(out.loss) * (ids.shape[1] - 1)
-            count += ids.shape[1] - 1
+        for ids, labels in examples:
+            labels_t = torch.tensor([labels], device=device)
+            out = model(input_ids=torch.tensor([ids], device=device), labels=labels_t)
+            n = int((labels_t[:, 1:] != -100).sum())
+            total += float(out.loss) * n
+            count += n
     model.train(was_training)
     return total / count
 
 
 def is_trained(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", ratio: float = 0.6) -> bool:
-    """Whether ``model`` has measurably learned language: its loss on corpus text is below ``ratio`` x the loss of
-    a uniform guess, ``log(vocabulary)``. A random initialisation (the CPU stand-ins) scores ~1.0; tiny-base ~0.3;
-    a pretrained hub model well under 0.6. The notebooks apply their learning-quality thresholds only where this
-    holds, and say so; every check of a mechanism (shapes, masks, equalities with the library) applies always."""
+    """Whether ``model`` has measurably learned something: its loss on corpus text, or on the assistant replies of
+    chat tasks, is below ``ratio`` x the loss of a uniform guess, ``log(vocabulary)``. A random initialisation (the
+    CPU stand-ins) scores ~1.0 on both; tiny-base ~0.07 on text; tiny-sft forgot the corpus (~0.8) but answers the
+    chats; a pretrained hub model is well under 0.6 on text. The notebooks apply their learning-quality thresholds
+    only where this holds, and say so; every check of a mechanism (shapes, masks, equalities with the library)
+    applies always."""
     import math
 
-    return reference_loss(model, tokenizer) < ratio * math.log(len(tokenizer))
+    threshold = ratio * math.log(len(tokenizer))
+    if reference_loss(model, tokenizer, kind="text") < threshold:
+        return True
+    vocab = tokenizer.get_vocab()
+    return "<|im_start|>" in vocab and "<|im_end|>" in vocab and reference_loss(model, tokenizer, kind="chat") < threshold
 
 
 def check_fits(notebook: str, name: str, device: "torch.device | str") -> int:

@@ -74,7 +74,7 @@ def main() -> None:
         packed = datasets.concatenate_datasets([packed, packed])
     packed = packed.select(range(n_blocks))
     tokens_timed = args.steps * args.batch_size * args.block_size
-    autocast = torch.bfloat16 if precision.bf16 else None
+    autocast = precision.dtype if (precision.bf16 or precision.fp16) else None  # bf16 (>= 8.0) or fp16 + scaler
     results = {}
 
     def sync():
@@ -84,6 +84,7 @@ def main() -> None:
     if "bare" in args.methods:
         model = make_model(args.preset, tokenizer, device, None)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type in ("cpu", "cuda"))
+        scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)  # a no-op unless fp16
         stream = train.iter_batches(packed, args.batch_size, seed=0)
         batches = [next(stream) for _ in range(args.steps + args.warmup)]
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
@@ -93,8 +94,9 @@ def main() -> None:
                 started = time.perf_counter()
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
         sync()
         results["bare"] = tokens_timed / (time.perf_counter() - started)
