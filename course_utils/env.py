@@ -147,15 +147,9 @@ class PrecisionChoice:
 
 
 def pick_precision(device: "torch.device | str") -> PrecisionChoice:
-    """Choose the training precision for ``device``.
-
-    bf16 only where the GPU computes it natively: compute capability 8.0 or newer (Ampere, Ada, Hopper).
-    ``torch.cuda.is_bf16_supported()`` is *not* the test: in torch 2.13 it counts emulation and says True on a
-    T4 (capability 7.5), where bf16 matmuls run slowly in software. Older CUDA GPUs such as the Colab T4 get
-    fp16 with a gradient scaler (fp16 gradients underflow without loss scaling). CPU and MPS train in fp32.
-    In every mixed-precision case the trainable weights and the optimizer state stay fp32 (``autocast`` casts
-    the matmul inputs); only the forward/backward compute runs in 16 bits.
-    """
+    """Choose the training precision for ``device``: bf16 where the GPU computes it natively (compute capability
+    >= 8.0; ``torch.cuda.is_bf16_supported()`` counts emulation and says True on a T4, so it does not decide),
+    fp16 + a gradient scaler on older GPUs (T4, V100), fp32 on CPU and MPS. Weights and optimizer stay fp32."""
     import torch
 
     device = torch.device(device)
