@@ -22,6 +22,8 @@ endif
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Unattended runs (runner, nbval, tests) show no progress bars; a person running a notebook in Lab sees them.
+export WORKBOOK_HEADLESS := 1
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
 
@@ -60,7 +62,7 @@ test: unit nbval
 
 # As root (AutoDL, containers) Jupyter refuses to start without --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root,)
+	env -u WORKBOOK_HEADLESS $(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 slides: $(STAMP)
 	$(PY) scripts/build_slides.py

@@ -26,10 +26,34 @@ OFFLINE_ENV: dict[str, str] = {
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DISABLE_VERSION_CHECK": "1",
-    # progress bars are not deterministic output (nbval compares stored outputs)
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
 }
+
+#: Set to 1 by the project's runner, ``make nbval`` and the tests: no progress bars (stored outputs and CI logs stay
+#: clean). Unset when a person runs a notebook, who then sees tqdm bars for training, downloads and dataset maps.
+HEADLESS_VAR = "WORKBOOK_HEADLESS"
+#: What headless mode sets: progress bars are not deterministic output (nbval compares stored outputs).
+HEADLESS_ENV: dict[str, str] = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+def headless() -> bool:
+    """True when the notebook runs unattended (runner, nbval, tests): then no progress bars anywhere."""
+    return os.environ.get(HEADLESS_VAR, "") not in ("", "0")
+
+
+def progress_bars() -> bool:
+    """Progress bars of datasets, transformers (weights loading) and the Hub on for a person, off when headless.
+    Returns whether they are on; pass ``disable_tqdm=env.headless()`` to ``TrainingArguments`` the same way."""
+    import datasets
+    import transformers
+
+    on = not headless()
+    if on:
+        datasets.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()
+    else:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    return on
 
 #: Variables a distributed launcher (torchrun, accelerate, deepspeed) sets for each process. A process that
 #: inherits stale ones tries to rendezvous with a group that does not exist.
@@ -78,6 +102,8 @@ def setup_offline(offline: object = True, ds_accelerator: str | None = "auto") -
         wanted.pop("DS_ACCELERATOR")
     else:
         wanted["DS_ACCELERATOR"] = ds_accelerator
+    if headless():
+        wanted.update(HEADLESS_ENV)
     for key, value in wanted.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in wanted}

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from pathlib import Path
@@ -753,8 +753,29 @@ def single_process_deepspeed_env(skip_shm_build: bool = True) -> dict[str, str]:
     if skip_shm_build:
         import deepspeed.ops
 
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        # The first access probes every op by compiling and linking test programs; the async_io probe's linker
+        # error ("cannot find -laio") goes to file descriptor 2, which DeepSpeed fails to silence inside Jupyter.
+        with _os_stderr_silenced():
+            compatible = deepspeed.ops.__compatible_ops__
+        compatible["deepspeed_shm_comm"] = False
     return values
+
+
+@contextmanager
+def _os_stderr_silenced():
+    """Send file descriptor 2 (what child processes such as a C compiler write to) to /dev/null for a moment."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 # ---------------------------------------------------------------------------------------------------------

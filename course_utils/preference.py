@@ -335,7 +335,7 @@ def quiet_trainer_kwargs(device: "torch.device | str" = "cpu", seed: int = 0) ->
         **env.trainer_precision_kwargs(device),
         use_cpu=str(device) == "cpu",
         report_to="none",
-        disable_tqdm=True,
+        disable_tqdm=env.headless(),  # a person sees the progress bar; the runner and CI do not
         logging_strategy="steps",
         save_strategy="no",
         eval_strategy="no",
@@ -349,8 +349,11 @@ def silence(trainer: Any) -> Any:
     """Remove the callback that prints ``{'loss': ...}`` dicts (non-deterministic timings) and return the trainer."""
     from transformers import PrinterCallback, ProgressCallback
 
+    from course_utils import env
+
     trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    if env.headless():
+        trainer.remove_callback(ProgressCallback)
     return trainer
 
 

@@ -459,7 +459,7 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
     ``"all"``: on every token), over-long rows are dropped and counted, batches are right-padded with
     :func:`sft_collator`. ``max_steps > 0`` overrides ``num_train_epochs``. ``stop_after_steps``: stop early
     after that many optimizer steps while keeping the schedule of ``max_steps`` (so the first losses equal those of
-    the full run). Quiet: no progress bars, no printing.
+    the full run). No printing; a progress bar unless headless (``env.headless()``).
     """
     from datasets import Dataset
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -491,7 +491,7 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
         report_to="none",
         seed=seed,
         data_seed=seed,
-        disable_tqdm=True,
+        disable_tqdm=env.headless(),  # a person sees the progress bar; the runner and CI do not
         use_cpu=resolved.type == "cpu",
         **{**precision, **training_kwargs},
     )

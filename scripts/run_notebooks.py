@@ -98,6 +98,22 @@ class GpuMemorySampler:
             self._thread.join(timeout=10)
 
 
+def ipc_kernel_manager() -> type:
+    """A local kernel manager over IPC sockets (files in the temp folder) instead of TCP: the kernel then does not
+    warn "Kernel is running over TCP without encryption" on every run, and nothing listens on a network port."""
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: object) -> None:
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(Path(tempfile.mkdtemp(prefix="workbook-kernel-")) / "kernel"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, object], timeout: int) -> dict:
     """Run one notebook; return its summary row."""
     import nbformat
@@ -117,14 +133,15 @@ def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, obje
 
             papermill.execute_notebook(
                 str(path), str(target), parameters=parameters, cwd=str(path.parent), kernel_name="python3",
-                progress_bar=False, execution_timeout=timeout,
+                progress_bar=False, execution_timeout=timeout, kernel_manager_class=ipc_kernel_manager(),
             )
         else:
             from nbclient import NotebookClient
 
             notebook = nbformat.read(path, as_version=4)
             client = NotebookClient(
-                notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+                notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+                kernel_manager_class=ipc_kernel_manager(),
             )
             try:
                 client.execute()
@@ -181,6 +198,7 @@ def main() -> int:
     if args.inplace and (args.parameter or args.profile or args.model):
         parser.error("--inplace keeps the default parameters (the committed outputs are the CPU default)")
 
+    os.environ[env.HEADLESS_VAR] = "1"  # no progress bars in executed notebooks, HTML copies and logs
     given = {name: parse_value(value) for name, value in args.parameter}
     offline = env.as_bool(given.get("OFFLINE", True))
     env.setup_offline(offline=offline)
