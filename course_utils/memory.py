@@ -660,43 +660,63 @@ def plot_training_memory(
 
 
 def memory_calculator_widget(gpu_gib: float = 24.0) -> Any:
-    """An ipywidgets calculator around ``estimate_training_memory`` + ``plot_training_memory``."""
+    """An ipywidgets calculator around ``estimate_training_memory`` + ``plot_training_memory``.
+
+    The parameter count (in billions, typed exactly, e.g. 7 or 0.494) is used only when "param count" is chosen and
+    is disabled otherwise. The returned box has ``estimate()`` (the current :class:`TrainingMemory`) and
+    ``controls`` (name -> widget) for tests and for driving it from code.
+    """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    model = widgets.Dropdown(options=[*ARCHITECTURES, "param count"], value="Qwen2.5-1.5B", description="model")
-    count = widgets.FloatLogSlider(value=7e9, base=10, min=6, max=11.5, description="params")
-    gpus = widgets.IntSlider(value=8, min=1, max=64, description="GPUs/node")
-    nodes = widgets.IntSlider(value=1, min=1, max=16, description="nodes")
-    stage = widgets.ToggleButtons(options=[0, 1, 2, 3], value=2, description="ZeRO")
-    off_opt = widgets.Checkbox(value=False, description="offload optimizer")
-    off_par = widgets.Checkbox(value=False, description="offload params")
-    batch = widgets.IntSlider(value=1, min=1, max=64, description="batch/GPU")
-    seq = widgets.IntSlider(value=2048, min=128, max=32768, step=128, description="seq len")
-    ckpt = widgets.Checkbox(value=True, description="checkpointing")
-    gpu = widgets.Dropdown(options=GPUS, value=gpu_gib if gpu_gib in GPUS.values() else 24.0, description="GPU")
+    style = {"description_width": "120px"}
+    layout = widgets.Layout(width="340px")
+    model = widgets.Dropdown(options=[*ARCHITECTURES, "param count"], value="Qwen2.5-1.5B", description="model",
+                             style=style, layout=layout)
+    count = widgets.BoundedFloatText(value=7.0, min=0.001, max=10_000.0, step=0.1, description="params (billions)",
+                                     disabled=True, style=style, layout=layout)
+    gpus = widgets.IntSlider(value=8, min=1, max=64, description="GPUs/node", style=style, layout=layout)
+    nodes = widgets.IntSlider(value=1, min=1, max=16, description="nodes", style=style, layout=layout)
+    stage = widgets.ToggleButtons(options=[0, 1, 2, 3], value=2, description="ZeRO stage",
+                                  style={**style, "button_width": "46px"}, layout=layout)
+    off_opt = widgets.Checkbox(value=False, description="offload optimizer", style=style, layout=layout)
+    off_par = widgets.Checkbox(value=False, description="offload params", style=style, layout=layout)
+    batch = widgets.IntSlider(value=1, min=1, max=64, description="batch/GPU", style=style, layout=layout)
+    seq = widgets.IntSlider(value=2048, min=128, max=32768, step=128, description="seq len", style=style,
+                            layout=layout)
+    ckpt = widgets.Checkbox(value=True, description="checkpointing", style=style, layout=layout)
+    gpu = widgets.Dropdown(options=GPUS, value=gpu_gib if gpu_gib in GPUS.values() else 24.0, description="GPU",
+                           style=style, layout=layout)
     out = widgets.Output()
 
+    def estimate() -> TrainingMemory:
+        chosen = round(count.value * 1e9) if model.value == "param count" else model.value
+        return estimate_training_memory(chosen, gpus.value, stage.value, off_opt.value and stage.value > 0,
+                                        off_par.value and stage.value == 3, batch.value, seq.value, ckpt.value,
+                                        nodes.value)
+
     def redraw(*_: Any) -> None:
+        count.disabled = model.value != "param count"
         with out:
             out.clear_output(wait=True)
             try:
-                m = estimate_training_memory(
-                    count.value if model.value == "param count" else model.value, gpus.value, stage.value,
-                    off_opt.value and stage.value > 0, off_par.value and stage.value == 3, batch.value, seq.value,
-                    ckpt.value, nodes.value,
-                )
+                m = estimate()
             except ValueError as exc:
                 print(exc)
                 return
             plot_training_memory(m, gpu.value)
             plt.show()
 
-    controls = [model, count, gpus, nodes, stage, off_opt, off_par, batch, seq, ckpt, gpu]
-    for c in controls:
+    controls = {"model": model, "params": count, "gpus": gpus, "nodes": nodes, "stage": stage,
+                "offload_optimizer": off_opt, "offload_params": off_par, "batch": batch, "seq_len": seq,
+                "checkpointing": ckpt, "gpu": gpu}
+    for c in controls.values():
         c.observe(redraw, names="value")
     redraw()
-    return widgets.HBox([widgets.VBox(controls), out])
+    box = widgets.HBox([widgets.VBox(list(controls.values()), layout=widgets.Layout(width="360px")), out])
+    box.estimate = estimate
+    box.controls = controls
+    return box
 
 
 # ---------------------------------------------------------------------------------------------------------

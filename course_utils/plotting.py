@@ -8,16 +8,18 @@ from pathlib import Path
 from course_utils import PROJECT_ROOT
 
 FIGURES_DIR: Path = PROJECT_ROOT / "slides" / "figures"
+#: Where the notebooks save their figures unless told otherwise (ignored by git).
+BUILD_FIGURES_DIR: Path = PROJECT_ROOT / "build" / "figures"
 
 
 def savefig(fig: "matplotlib.figure.Figure", name: str, dpi: int = 100) -> Path:
-    """Save ``fig`` as ``slides/figures/<name>.png`` so the lecture decks use the notebooks' own plots.
+    """Save ``fig`` as ``<name>.png`` in ``$WORKBOOK_FIGURES_DIR``, by default ``build/figures/`` (not committed).
 
-    ``$WORKBOOK_FIGURES_DIR`` redirects the file (``make workbook`` and ``make nbval`` write to ``build/`` so that
-    running or testing the notebooks leaves the committed figures alone; ``make notebooks`` refreshes them)."""
+    Only ``make notebooks`` points it at ``slides/figures/``, the lecture decks' copies of the notebooks' plots: a
+    student running a notebook in Lab, the runner and nbval leave the committed figures alone."""
     import os
 
-    folder = Path(os.environ.get("WORKBOOK_FIGURES_DIR") or FIGURES_DIR)
+    folder = Path(os.environ.get("WORKBOOK_FIGURES_DIR") or BUILD_FIGURES_DIR)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})

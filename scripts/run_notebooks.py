@@ -203,8 +203,8 @@ def main() -> int:
     offline = env.as_bool(given.get("OFFLINE", True))
     env.setup_offline(offline=offline)
     os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend stores the plots in the notebooks
-    if not args.inplace:  # only `make notebooks` refreshes the committed slide figures
-        os.environ.setdefault("WORKBOOK_FIGURES_DIR", str((args.out / "figures").resolve()))
+    # Figures go to <out>/figures; only `make notebooks` sets WORKBOOK_FIGURES_DIR to slides/figures.
+    os.environ.setdefault("WORKBOOK_FIGURES_DIR", str((args.out / "figures").resolve()))
     notebooks = sorted(args.notebooks) or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         print("no notebooks found")

@@ -26,7 +26,7 @@ import os
 import sys
 
 hidden = os.path.realpath(os.environ["WORKBOOK_HIDE"])
-sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in type(f).__module__]
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in (getattr(f, "__module__", None) or "")]
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != hidden]
 '''
 
@@ -89,6 +89,9 @@ def play_student(tmp_path: Path, repo_url: str) -> tuple[dict, dict]:
                     str(folder / "00_environment.ipynb")], env=environment, cwd=folder, capture_output=True,
                    text=True, timeout=900)
     row = json.loads((out / "summary.json").read_text(encoding="utf-8"))[0]
+    html = (out / "00_environment.html").read_text(encoding="utf-8")
+    title = "".join(json.loads((folder / "00_environment.ipynb").read_text(encoding="utf-8"))["cells"][0]["source"])
+    assert f"<title>{title.splitlines()[0].lstrip('# ')}</title>" in html, "the HTML copy is titled by the notebook"
     return row, json.loads((out / "00_environment.ipynb").read_text(encoding="utf-8"))
 
 

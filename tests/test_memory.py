@@ -198,3 +198,16 @@ def test_single_process_env_skips_the_shm_build(monkeypatch):
     values = M.single_process_deepspeed_env()
     assert values["WORLD_SIZE"] == "1" and int(values["MASTER_PORT"]) > 0
     assert ops["deepspeed_shm_comm"] is False
+
+
+def test_calculator_takes_an_exact_parameter_count_only_when_asked():
+    box = M.memory_calculator_widget()
+    controls = box.controls
+    assert controls["params"].disabled and controls["model"].value == "Qwen2.5-1.5B"
+    assert box.estimate().setup["params"] == M.architecture_params("Qwen2.5-1.5B")[0]
+    controls["model"].value = "param count"
+    assert not controls["params"].disabled
+    controls["params"].value = 0.494032768  # Qwen2.5-0.5B, typed in billions
+    assert box.estimate().setup["params"] == 494_032_768
+    controls["model"].value = "Qwen2.5-7B"
+    assert controls["params"].disabled

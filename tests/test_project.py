@@ -93,3 +93,22 @@ def test_no_notebook_or_script_keeps_its_own_model_registry():
                        if c["cell_type"] == "code")
         assert not re.search(r'DATA_DIR / "tiny_sft', code), path.name
         assert "pref.load_" not in code and "resolve_model_path(SFT" not in code, path.name
+
+
+#: stderr text a committed notebook may show (regular expressions); everything else is noise to fix at its source.
+STDERR_ALLOWED: tuple[str, ...] = ()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_no_stderr_noise_in_stored_outputs(path):
+    """Students see the stored outputs on GitHub, Colab and in the HTML copies: no linker errors, kernel warnings or
+    library chatter (e.g. DeepSpeed's op probe printed `/usr/bin/ld: cannot find -laio` in notebook 08)."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    noise = []
+    for index, cell in enumerate(nb["cells"]):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                for line in "".join(output["text"]).splitlines():
+                    if line.strip() and not any(re.search(allowed, line) for allowed in STDERR_ALLOWED):
+                        noise.append((index, line[:120]))
+    assert not noise, noise
