@@ -33,8 +33,10 @@ if ROOT is None:  # opened alone: a shallow clone of the whole workbook (code, d
     REPO_URL = os.environ.get("WORKBOOK_REPO_URL", "https://github.com/llm-course/llm-training-workbook")
     ROOT = pathlib.Path(os.environ.get("WORKBOOK_DIR", "llm-training-workbook")).resolve()
     if not (ROOT / "course_utils").is_dir():
+        import warnings; warnings.filterwarnings("ignore", message="To exit")  # a failure is one sentence below
         try:
-            subprocess.run(["git", "clone", "--depth", "1", "--quiet", REPO_URL, str(ROOT)], check=True, timeout=900)
+            subprocess.run(["git", "clone", "--depth", "1", "--quiet", REPO_URL, str(ROOT)], check=True, timeout=900,
+                           capture_output=True)
         except FileNotFoundError:
             raise SystemExit("git is not installed: install it (apt-get install git), or download the repository "
                              "as a zip from " + REPO_URL + " and open this notebook from its notebooks/ folder.") from None
