@@ -27,7 +27,7 @@ export WORKBOOK_HEADLESS := 1
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
 
-.PHONY: venv workbook test unit unit-fast nbval notebooks lab slides check-slides clean test-gpu
+.PHONY: venv workbook test unit unit-fast nbval portability notebooks lab slides check-slides clean test-gpu
 
 venv: $(STAMP)
 
@@ -59,6 +59,13 @@ nbval: $(STAMP)
 	  if [ $$rc -eq 5 ]; then echo "nbval: no notebooks collected"; rc=0; fi; exit $$rc
 
 test: unit nbval
+
+# Strict nbval with torch forced onto other CPU kernels and one thread: stored outputs must not depend on the CPU.
+PORTABILITY_SETTINGS := "ATEN_CPU_CAPABILITY=default" \
+	"ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2" \
+	"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1"
+portability: $(STAMP)
+	@for setting in $(PORTABILITY_SETTINGS); do echo "== nbval with $$setting"; env $$setting $(MAKE) --no-print-directory nbval || exit 1; done
 
 # As root (AutoDL, containers) Jupyter refuses to start without --allow-root.
 lab: $(STAMP)
