@@ -79,6 +79,12 @@ def as_bool(value: object) -> bool:
 HUB_OFFLINE_KEYS: tuple[str, ...] = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a child process (a launcher, the notebook runner), without the launcher
+    variables a stale parent may hold, plus ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV_VARS}, **extra}
+
+
 def setup_offline(offline: object = True, ds_accelerator: str | None = "auto") -> dict[str, str]:
     """Set the environment variables for an offline, CPU-safe run and return what was set.
 

@@ -407,15 +407,15 @@ def gguf_tensor_name(hf_name: str) -> str:
     raise KeyError(f"no GGUF name for {hf_name!r}")
 
 
-#: transformers ``model_type`` -> llama.cpp architecture (the two decoder layouts this exporter writes).
-GGUF_ARCHITECTURES: dict[str, str] = {"qwen2": "qwen2", "llama": "llama"}
+#: The decoder layouts this exporter writes: transformers' ``model_type`` is also llama.cpp's architecture name.
+GGUF_ARCHITECTURES: tuple[str, ...] = ("qwen2", "llama")
 
 
 def gguf_arch(config: Any) -> str:
     """llama.cpp's architecture name for ``config`` (``qwen2`` or ``llama``); a clear error for any other."""
     if config.model_type not in GGUF_ARCHITECTURES:
         raise ValueError(f"this exporter writes the qwen2 and llama layouts; got model_type={config.model_type!r}")
-    return GGUF_ARCHITECTURES[config.model_type]
+    return config.model_type
 
 
 def llama_qk_permute(weight: "torch.Tensor", n_head: int, inverse: bool = False) -> "torch.Tensor":
@@ -446,8 +446,7 @@ def gguf_tensor_name_library(hf_name: str, n_layers: int, arch: str = "qwen2") -
     """The same mapping from the ``gguf`` package (the table llama.cpp's converter uses)."""
     import gguf
 
-    model_arch = {"qwen2": gguf.MODEL_ARCH.QWEN2, "llama": gguf.MODEL_ARCH.LLAMA}[arch]
-    return gguf.get_tensor_name_map(model_arch, n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    return gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
 
 
 def _rope_theta(config: Any) -> float:

@@ -125,33 +125,30 @@ def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, obje
     target = path if inplace else out_dir / path.name
     started = time.perf_counter()
     status, error = "ok", ""
-    sampler = GpuMemorySampler()
-    try:
-        sampler.__enter__()
-        if parameters:
-            import papermill
+    with GpuMemorySampler() as sampler:
+        try:
+            if parameters:
+                import papermill
 
-            papermill.execute_notebook(
-                str(path), str(target), parameters=parameters, cwd=str(path.parent), kernel_name="python3",
-                progress_bar=False, execution_timeout=timeout, kernel_manager_class=ipc_kernel_manager(),
-            )
-        else:
-            from nbclient import NotebookClient
+                papermill.execute_notebook(
+                    str(path), str(target), parameters=parameters, cwd=str(path.parent), kernel_name="python3",
+                    progress_bar=False, execution_timeout=timeout, kernel_manager_class=ipc_kernel_manager(),
+                )
+            else:
+                from nbclient import NotebookClient
 
-            notebook = nbformat.read(path, as_version=4)
-            client = NotebookClient(
-                notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
-                kernel_manager_class=ipc_kernel_manager(),
-            )
-            try:
-                client.execute()
-            finally:
-                nbformat.write(notebook, target)
-    except Exception as exc:  # a failing cell: record it, keep going with the other notebooks
-        status = "FAILED"
-        error = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-    finally:
-        sampler.__exit__()
+                notebook = nbformat.read(path, as_version=4)
+                client = NotebookClient(
+                    notebook, timeout=timeout, kernel_name="python3", kernel_manager_class=ipc_kernel_manager(),
+                    resources={"metadata": {"path": str(path.parent)}},
+                )
+                try:
+                    client.execute()
+                finally:
+                    nbformat.write(notebook, target)
+        except Exception as exc:  # a failing cell: record it, keep going with the other notebooks
+            status = "FAILED"
+            error = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
     seconds = time.perf_counter() - started
     if target.exists():
         from nbconvert import HTMLExporter

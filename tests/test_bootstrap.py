@@ -8,7 +8,6 @@ install), as the runner runs every notebook; then the same with an unreachable U
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -78,9 +77,8 @@ def play_student(tmp_path: Path, repo_url: str) -> tuple[dict, dict]:
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(HIDE_WORKBOOK, encoding="utf-8")
-    environment = {k: v for k, v in os.environ.items() if k not in env.LAUNCHER_ENV_VARS}
-    environment.update(PYTHONPATH=str(hide), WORKBOOK_HIDE=str(PROJECT_ROOT), WORKBOOK_REPO_URL=repo_url,
-                       WORKBOOK_FIGURES_DIR=str(tmp_path / "figures"))
+    environment = env.child_environment(PYTHONPATH=str(hide), WORKBOOK_HIDE=str(PROJECT_ROOT),
+                                        WORKBOOK_REPO_URL=repo_url, WORKBOOK_FIGURES_DIR=str(tmp_path / "figures"))
     probe = subprocess.run([sys.executable, "-c", "import course_utils"], env={**environment}, cwd=folder,
                            capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'course_utils'" in probe.stderr  # really not installed

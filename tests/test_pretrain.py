@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -244,7 +243,7 @@ def _script_args(tokenizer_dir: Path, out: Path, per_device: int) -> list[str]:
 def _run(command: list[str], extra_env: dict[str, str] | None = None, timeout: int = 400) -> None:
     # Each run starts from a clean launcher state: a stale RANK/MASTER_PORT inherited from the test process
     # would make a single-process run try to rendezvous on a port it does not own.
-    base_env = {k: v for k, v in os.environ.items() if k not in env.LAUNCHER_ENV_VARS}
+    base_env = env.child_environment()
     run_env = {**base_env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT), **(extra_env or {})}
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=run_env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"

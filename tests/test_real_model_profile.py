@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,8 +145,7 @@ def test_title_cells_state_the_predicted_gpu_memory():
 
 # ----------------------------------------------------------------------------------- every notebook, stand-ins
 def run_notebook(notebook: str, model: Path, out: Path) -> dict:
-    environment = {k: v for k, v in os.environ.items() if k not in env.LAUNCHER_ENV_VARS}
-    environment["WORKBOOK_FIGURES_DIR"] = str(out / "figures")
+    environment = env.child_environment(WORKBOOK_FIGURES_DIR=str(out / "figures"))
     cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "run_notebooks.py"), "--out", str(out), "--profile",
            "standin", "--model", str(model), str(PROJECT_ROOT / "notebooks" / f"{notebook}.ipynb")]
     done = subprocess.run(cmd, capture_output=True, text=True, env=environment, cwd=PROJECT_ROOT, timeout=900)
