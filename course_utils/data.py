@@ -7,22 +7,26 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
 class DataFormatError(ValueError):
-    """A bad row in a data file: says which file, which line (1-based) and which field."""
+    """A bad row in a data file: says which file, which line (1-based) and which field.
 
-    def __init__(self, path: str | Path, line: int, field: str | None, problem: str) -> None:
+    ``line=None`` is a problem with the whole file (e.g. it holds no rows).
+    """
+
+    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str) -> None:
         self.path = str(path)
         self.line = line
         self.field = field
         self.problem = problem
-        where = f"{self.path}:{line}"
+        where = self.path if line is None else f"{self.path}:{line}"
         what = f" field {field!r}:" if field else ""
         super().__init__(f"{where}:{what} {problem}")
 
@@ -52,19 +56,94 @@ class DropReport:
 #: field name -> expected Python type (``str``, ``list``, ``int``, ...).
 Schema = Mapping[str, type]
 
+#: A row check run after the schema: ``validate(row, path, line)`` returns the row to keep (possibly converted) or
+#: raises :class:`DataFormatError` naming the field.
+Validator = Callable[[dict[str, Any], Path, int], dict[str, Any]]
 
-def _check_row(row: Any, schema: Schema, allow_empty: Iterable[str]) -> tuple[str | None, str] | None:
+#: Literal control tokens such as ``<|im_start|>``, ``<|im_end|>``, ``<|endoftext|>``, ``<|pad|>`` in user data. A
+#: tokenizer turns the text into the real special token, so the model would learn to end a turn mid-reply.
+CONTROL_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>")
+
+
+def find_control_token(text: str, extra: Iterable[str] = ()) -> str | None:
+    """The first literal control token in ``text`` (``<|...|>`` or one of ``extra``, e.g. a tokenizer's specials)."""
+    match = CONTROL_TOKEN_RE.search(text)
+    if match:
+        return match.group(0)
+    return next((token for token in extra if token and token in text), None)
+
+
+def check_text(text: Any, path: str | Path, line: int, field_name: str, allow_empty: bool = False,
+               special_tokens: Iterable[str] = ()) -> str:
+    """A text field must be a string, not blank (unless ``allow_empty``), and hold no literal control token."""
+    if not isinstance(text, str):
+        raise DataFormatError(path, line, field_name, f"expected str, got {type(text).__name__}")
+    if not allow_empty and not text.strip():
+        raise DataFormatError(path, line, field_name, "empty string")
+    token = find_control_token(text, special_tokens)
+    if token is not None:
+        raise DataFormatError(path, line, field_name,
+                              f"control token: contains the literal special token {token!r} (the tokenizer would "
+                              "turn it into the real one; remove it or escape it)")
+    return text
+
+
+def _check_row(row: Any, schema: Schema, allow_empty: Iterable[str], path: Path, line: int) -> None:
     if not isinstance(row, dict):
-        return None, f"expected a JSON object, got {type(row).__name__}"
+        raise DataFormatError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
     for name, expected in schema.items():
         if name not in row:
-            return name, "missing field"
+            raise DataFormatError(path, line, name, "missing field")
         value = row[name]
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            return name, f"expected {expected.__name__}, got {type(value).__name__}"
-        if expected is str and name not in allow_empty and not value.strip():
-            return name, "empty string"
-    return None
+        if expected is str:
+            check_text(value, path, line, name, allow_empty=name in allow_empty)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise DataFormatError(path, line, name, f"expected {expected.__name__}, got {type(value).__name__}")
+
+
+#: Problem prefixes that name a drop reason (the text before the first ":" otherwise).
+_REASONS: tuple[str, ...] = (
+    "not UTF-8", "invalid JSON", "missing field", "expected str", "expected a list", "expected an object",
+    "expected a JSON object", "empty string", "control token", "starts with a line break", "unknown role",
+    "no assistant turn", "alternate", "last turn", "system message", "empty conversation", "unknown format",
+    "identical", "expected",
+)
+
+
+_INDEX_RE = re.compile(r"\[\d+\]")
+
+
+def drop_reason(error: DataFormatError) -> str:
+    """The skip-mode reason of an error: the kind of problem and the field, with list indices folded.
+
+    ``messages[3].content: empty string`` and ``messages[1].content: empty string`` both count under
+    ``"empty string (messages[].content)"``.
+    """
+    kind = next((key for key in _REASONS if key in error.problem), re.split(r"[:,(]", error.problem)[0].strip())
+    if not error.field:
+        return kind
+    return f"{kind} ({_INDEX_RE.sub('[]', error.field)})"
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, line bytes)`` without the line ending (LF or CRLF) and without a leading UTF-8 BOM."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            yield number, raw.rstrip(b"\r\n")
+
+
+def _parse_line(raw: bytes, path: Path, number: int) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(path, number, None, f"not UTF-8: byte {raw[exc.start:exc.start + 1]!r} at byte "
+                                                   f"{exc.start + 1} of the line") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(path, number, None, f"invalid JSON: {exc.msg} at column {exc.pos + 1}") from None
 
 
 def read_jsonl(
@@ -72,49 +151,97 @@ def read_jsonl(
     schema: Schema | None = None,
     on_error: str = "raise",
     allow_empty: Iterable[str] = (),
+    *,
+    validate: Validator | None = None,
+    limit: int | None = None,
 ) -> tuple[list[dict[str, Any]], DropReport]:
-    """Read a JSONL file strictly.
+    """Read a JSONL file strictly: the one JSONL reader of the project (every loader calls it).
 
-    Each line must be valid UTF-8 and valid JSON, an object with every ``schema`` field of the right type
-    and (for strings) not blank unless listed in ``allow_empty``. ``on_error="raise"`` raises
-    :class:`DataFormatError` naming file, line and field; ``on_error="skip"`` drops the row and counts the
-    reason in the returned :class:`DropReport`. Blank lines are ignored.
+    Each line must be valid UTF-8 (a leading byte-order mark and CRLF line endings are accepted) and valid JSON, an
+    object with every ``schema`` field of the right type and (for strings) neither blank, unless listed in
+    ``allow_empty``, nor holding a literal control token such as ``<|im_end|>``. ``validate(row, path, line)`` then
+    checks (or converts) the row further, raising :class:`DataFormatError`. ``on_error="raise"`` raises
+    :class:`DataFormatError` naming file, 1-based line and field; ``on_error="skip"`` drops the row and counts the
+    reason (with the field) in the returned :class:`DropReport`. Blank lines are ignored; ``limit`` stops after that
+    many kept rows. A file that yields no row (empty, only blank lines, or every row dropped) raises
+    :class:`DataFormatError` naming the file: an empty dataset is never a silent success.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     report = DropReport(source=path.name)
     rows: list[dict[str, Any]] = []
     allow_empty = set(allow_empty)
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            report.rows_in += 1
-            problem: tuple[str | None, str, str] | None = None
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                problem = (None, "not UTF-8", f"byte {raw[exc.start:exc.start + 1]!r} at column {exc.start + 1}")
-            else:
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    problem = (None, "invalid JSON", f"{exc.msg} at column {exc.colno}")
-                else:
-                    bad = _check_row(row, schema or {}, allow_empty)
-                    if bad is not None:
-                        problem = (bad[0], bad[1].split(",")[0], bad[1])
-            if problem is not None:
-                field_name, reason, detail = problem
-                if on_error == "raise":
-                    raise DataFormatError(path, number, field_name, detail if reason in detail else f"{reason}: {detail}")
-                key = f"{reason} ({field_name})" if field_name else reason
-                report.drop(key, f"line {number}: {detail}")
-                continue
-            rows.append(row)
+    for number, raw in _lines(path):
+        if not raw.strip():
+            continue
+        if limit is not None and len(rows) >= limit:
+            break
+        report.rows_in += 1
+        try:
+            row = _parse_line(raw, path, number)
+            _check_row(row, schema or {}, allow_empty, path, number)
+            if validate is not None:
+                row = validate(row, path, number)
+        except DataFormatError as error:
+            if on_error == "raise":
+                raise
+            report.drop(drop_reason(error), f"line {number}: {error.problem}")
+            continue
+        rows.append(row)
     report.rows_out = len(rows)
+    if not rows:
+        why = "the file holds no rows (it is empty or only blank lines)" if report.rows_in == 0 else \
+            f"all {report.rows_in} rows were dropped: {dict(report.dropped)}"
+        raise DataFormatError(path, None, None, f"empty dataset: {why}")
     return rows, report
+
+
+def load_corpus(
+    files: str | Path | Sequence[str | Path],
+    text_field: str = "text",
+    on_error: str = "raise",
+    limit: int | None = None,
+) -> "datasets.Dataset":
+    """A pretraining corpus as a ``datasets.Dataset``, validated before ``datasets`` sees it.
+
+    JSONL files go through :func:`read_jsonl` with ``{text_field: str}`` (a row whose text is missing, blank, not a
+    string or holds a literal ``<|endoftext|>`` is refused, or dropped and counted with ``on_error="skip"``; the
+    reports are printed); ``.txt`` files give one document per non-blank line (UTF-8, BOM and CRLF accepted). An
+    empty file raises :class:`DataFormatError` naming it. ``limit`` keeps the first N documents in all. Replaces
+    ``datasets.load_dataset("json", ...)``, which fails on such files deep inside ``datasets``
+    (``StopIteration``, ``TypeError: TextEncodeInput``) or silently fills a missing column with ``None``.
+    """
+    from datasets import Dataset
+
+    paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    if not paths:
+        raise ValueError("load_corpus: no files given")
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        remaining = None if limit is None else limit - len(rows)
+        if remaining is not None and remaining <= 0:
+            break
+        if path.suffix == ".txt":
+            part = []
+            for number, raw in _lines(path):
+                if raw.strip() and (remaining is None or len(part) < remaining):
+                    try:
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise DataFormatError(path, number, None, f"not UTF-8: byte {raw[exc.start:exc.start + 1]!r} "
+                                                                   f"at byte {exc.start + 1} of the line") from None
+                    part.append({text_field: check_text(text, path, number, text_field)})
+            if not part:
+                raise DataFormatError(path, None, None, "empty dataset: the file holds no non-blank line")
+        else:
+            part, report = read_jsonl(path, {text_field: str}, on_error=on_error, limit=remaining)
+            if report.dropped:
+                print(report)
+        rows += part
+    return Dataset.from_list(rows)
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
@@ -173,9 +300,7 @@ def tokenize_and_pack(
 # ---------------------------------------------------------------------------------------------------------------
 
 import hashlib
-import re
 import unicodedata
-from collections.abc import Callable, Sequence
 
 #: Zero-width and BOM characters that NFKC keeps but that only add invisible noise.
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
@@ -473,50 +598,8 @@ def near_dedup(
     return _select(dataset, keep), pairs
 
 
-# --- format conversion -----------------------------------------------------------------------------------------
-
-SHAREGPT_ROLES: dict[str, str] = {
-    "system": "system",
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "bing": "assistant",
-}
-
-
-def alpaca_to_messages(example: Mapping[str, Any], system: str | None = None) -> dict[str, list[dict[str, str]]]:
-    """Alpaca ``instruction``/``input``/``output`` -> ``{"messages": [...]}`` (the slides' ``build_messages``).
-
-    The user turn is the instruction, plus a blank line and the input when there is one; an optional system
-    prompt comes first. Fields are stripped; a missing ``input`` counts as empty.
-    """
-    user = str(example["instruction"]).strip()
-    extra = str(example.get("input") or "").strip()
-    if extra:
-        user += "\n\n" + extra
-    messages = [{"role": "system", "content": system}] if system else []
-    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": str(example["output"]).strip()}]
-    return {"messages": messages}
-
-
-def sharegpt_to_messages(example: Mapping[str, Any], field_name: str = "conversations") -> dict[str, list[dict[str, str]]]:
-    """ShareGPT ``{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}`` -> ``messages``.
-
-    A top-level ``system`` string becomes the first turn. An unknown ``from`` value raises ``ValueError`` naming it
-    (better than silently training on a turn with the wrong role).
-    """
-    messages: list[dict[str, str]] = []
-    if example.get("system"):
-        messages.append({"role": "system", "content": str(example["system"])})
-    for position, turn in enumerate(example[field_name]):
-        speaker = str(turn.get("from", turn.get("role", "")))
-        if speaker not in SHAREGPT_ROLES:
-            raise ValueError(f"turn {position}: unknown speaker {speaker!r} (known: {sorted(SHAREGPT_ROLES)})")
-        messages.append({"role": SHAREGPT_ROLES[speaker], "content": str(turn.get("value", turn.get("content", "")))})
-    return {"messages": messages}
-
+# --- format conversion: one converter per format, in ``course_utils.sft`` (``alpaca_to_messages``,
+# ``sharegpt_to_messages``, ``to_messages``), with the same checks as every loader ------------------------------
 
 # --- splitting ---------------------------------------------------------------------------------------------------
 

@@ -54,6 +54,9 @@ DEFAULT_SEED: int = 0
 
 #: The checkable task types (small, closed answer spaces).
 TASK_TYPES: tuple[str, ...] = ("add", "sub", "upper", "first_letter", "capital")
+#: ``data.read_jsonl`` schema of ``tasks_{train,test}.jsonl`` (``input`` may be empty).
+TASK_SCHEMA: dict[str, type] = {"id": str, "task": str, "instruction": str, "input": str, "output": str,
+                                "answer": str}
 
 #: Words that the cleaning lesson must filter out (English and Chinese).
 BANNED_WORDS: tuple[str, ...] = ("casino", "jackpot", "spamcoin", "赌场", "博彩", "刷单")
@@ -1342,12 +1345,6 @@ def _bad_example_bytes() -> dict[str, bytes]:
 # Writing everything
 # ---------------------------------------------------------------------------
 
-def _read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a UTF-8 JSONL file into a list of dicts (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -1402,7 +1399,9 @@ def _render_readme(out_dir: Path, paths: dict[str, Path], seed: int, scale: floa
     total = sum(p.stat().st_size for k, p in paths.items() if k != "readme")
     scale_arg = "" if scale == 1.0 else f" --scale {scale}"
     seed_arg = f" --seed {seed}"
-    pre = _read_jsonl(paths["pretrain"])
+    from course_utils.data import read_jsonl
+
+    pre, _ = read_jsonl(paths["pretrain"])
     zh_b = sum(len(_dumps(r).encode("utf-8")) + 1 for r in pre if r["lang"] == "zh")
     n_zh = sum(1 for r in pre if r["lang"] == "zh")
     return f"""# Sample data (generated)

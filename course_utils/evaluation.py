@@ -63,12 +63,10 @@ def heldout_blocks(tokenizer: Any, corpus: str | Path | None = None, block_size:
     base never saw. The split depends only on the number of blocks and the seed, so another tokenizer gives
     another (still held-out-by-construction only for the tiny tokenizer) set of blocks.
     """
-    from datasets import load_dataset
-
-    from course_utils.data import tokenize_and_pack
+    from course_utils.data import load_corpus, tokenize_and_pack
 
     corpus = Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl"
-    raw = load_dataset("json", data_files=str(corpus), split="train")
+    raw = load_corpus(corpus)
     packed = tokenize_and_pack(raw, tokenizer, block_size=block_size)
     test = packed.train_test_split(test_size=test_size, seed=seed)["test"]
     if max_blocks is not None:
@@ -79,11 +77,11 @@ def heldout_blocks(tokenizer: Any, corpus: str | Path | None = None, block_size:
 def load_task_rows(path: str | Path | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of ``data_samples/tasks_test.jsonl`` (checkable tasks never seen in training), optionally the first N."""
     from course_utils.data import read_jsonl
+    from course_utils.datagen import TASK_SCHEMA
 
     path = Path(path) if path is not None else DATA_DIR / "tasks_test.jsonl"
-    schema = {"id": str, "task": str, "instruction": str, "input": str, "output": str, "answer": str}
-    rows, _ = read_jsonl(path, schema, allow_empty=("input",))
-    return rows[:limit] if limit is not None else rows
+    rows, _ = read_jsonl(path, TASK_SCHEMA, allow_empty=("input",), limit=limit)
+    return rows
 
 
 @dataclass

@@ -327,8 +327,6 @@ def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
     ``kind="text"``: the first documents of the pretraining corpus (what a base model knows); ``kind="chat"``: the
     assistant replies of the first checkable tasks in ChatML (what an SFT model knows; needs ``<|im_start|>``).
     """
-    import json
-
     import torch
 
     from course_utils import DATA_DIR
@@ -342,8 +340,9 @@ def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
     elif kind == "chat":
         from course_utils import sft
 
-        with open(DATA_DIR / "tasks_train.jsonl", encoding="utf-8") as handle:
-            rows = [json.loads(line) for _, line in zip(range(2 * num_documents), handle)]
+        from course_utils.data import read_jsonl
+
+        rows, _ = read_jsonl(DATA_DIR / "tasks_train.jsonl", limit=2 * num_documents)
         for row in rows:
             item = sft.encode_chat(sft.task_to_messages(row), tokenizer)
             examples.append((item["input_ids"], item["labels"]))

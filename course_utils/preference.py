@@ -372,3 +372,26 @@ def rows_to_dataset(rows: Iterable[dict[str, Any]], conversational: bool = True)
 
 #: ``data.read_jsonl`` schema of ``data_samples/preference_{train,test}.jsonl``.
 PREFERENCE_SCHEMA: dict[str, type] = {"prompt": str, "chosen": str, "rejected": str}
+
+
+def check_pair(row: dict[str, Any], path: Any = "<row>", line: int = 0) -> dict[str, Any]:
+    """A preference row as the chat template will render it: each side passes ``sft.check_content`` (not blank, no
+    literal control token, no leading line break) and the two replies differ. Identical sides give a DPO loss of
+    exactly log 2 and a zero gradient: the pair teaches nothing, so it is refused (or dropped and counted)."""
+    from course_utils.data import DataFormatError
+    from course_utils.sft import check_content
+
+    for name, role in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant")):
+        check_content(row.get(name), path, line, name, role)
+    if row["chosen"].strip() == row["rejected"].strip():
+        raise DataFormatError(path, line, "rejected", "identical to 'chosen': nothing to prefer (DPO loss = log 2, "
+                                                      "zero gradient)")
+    return row
+
+
+def load_preference_rows(path: Any, on_error: str = "raise", limit: int | None = None
+                         ) -> tuple[list[dict[str, Any]], Any]:
+    """Read ``prompt/chosen/rejected`` JSONL with ``data.read_jsonl`` and :func:`check_pair` (strict or skip)."""
+    from course_utils.data import read_jsonl
+
+    return read_jsonl(path, PREFERENCE_SCHEMA, on_error=on_error, validate=check_pair, limit=limit)

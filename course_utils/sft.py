@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from course_utils.data import DataFormatError, DropReport
+from course_utils.data import DataFormatError, DropReport, check_text, read_jsonl
 
 #: Label value ignored by ``torch.nn.CrossEntropyLoss`` (its ``ignore_index``) and by every HF causal-LM loss.
 IGNORE_INDEX: int = -100
@@ -49,15 +49,37 @@ ALPACA_COLUMNS: dict[str, str] = {"prompt": "instruction", "query": "input", "re
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def check_content(content: Any, path: str | Path, line: int, field_name: str, role: str,
+                  special_tokens: Iterable[str] = ()) -> str:
+    """One message's text: a string; not blank (except a system prompt); no literal control token such as
+    ``<|im_end|>`` (it would become the real token and the model would learn to end a turn mid-reply); and not
+    starting with a line break.
+
+    Why the last rule: the chat template renders ``<|im_start|>assistant\n`` + content, and a byte-level BPE such as
+    Qwen2's merges the header's ``\n`` with a leading ``\n`` of the content into one token (``\n\n``). The
+    template's mask would then train a token holding part of the header, and the from-scratch ids (header and
+    content tokenised apart) would no longer start with the inference prompt. Strip the leading line break.
+    """
+    text = check_text(content, path, line, field_name, allow_empty=role == "system", special_tokens=special_tokens)
+    leading = text[:len(text) - len(text.lstrip())]
+    if "\n" in leading or "\r" in leading:
+        raise DataFormatError(path, line, field_name,
+                              "starts with a line break: after the role header it merges with the header's newline "
+                              "into one token, so masks and prompts would disagree; strip it")
+    return text
+
+
 def check_messages(messages: Any, path: str | Path = "<messages>", line: int = 0, field_name: str = "messages",
-                   require_assistant: bool = True) -> list[dict[str, str]]:
+                   require_assistant: bool = True, special_tokens: Iterable[str] = ()) -> list[dict[str, str]]:
     """Validate a conversation and return it as a list of ``{"role", "content"}`` dicts.
 
-    Rules: a non-empty list of objects with a ``role`` in :data:`ROLES` and a string ``content``; ``system`` only
-    first; then ``user`` and ``assistant`` alternate, starting with ``user``; at least one ``assistant`` turn and
-    the last turn is the assistant's (else nothing at the end would be trained). An empty assistant reply is
-    allowed (only its ``<|im_end|>`` is trained). Raises :class:`DataFormatError` naming ``path``, ``line`` and the
-    field, e.g. ``messages[2].role``.
+    Rules: a non-empty list of objects with a ``role`` in :data:`ROLES` and a string ``content`` that passes
+    :func:`check_content` (not blank except for ``system``, no literal control token, no leading line break);
+    ``system`` only first; then ``user`` and ``assistant`` alternate, starting with ``user``; at least one
+    ``assistant`` turn and the last turn is the assistant's (else nothing at the end would be trained). An empty
+    assistant reply is refused: it would train only ``<|im_end|>``, i.e. teach the model to say nothing.
+    ``special_tokens`` adds a tokenizer's own special tokens to the control-token check. Raises
+    :class:`DataFormatError` naming ``path``, ``line`` and the field, e.g. ``messages[2].role``.
     """
     if not isinstance(messages, list):
         raise DataFormatError(path, line, field_name, f"expected a list of messages, got {type(messages).__name__}")
@@ -77,8 +99,7 @@ def check_messages(messages: Any, path: str | Path = "<messages>", line: int = 0
             raise DataFormatError(path, line, f"{where}.role", f"expected str, got {type(role).__name__}")
         if role not in ROLES:
             raise DataFormatError(path, line, f"{where}.role", f"unknown role {role!r} (expected one of {ROLES})")
-        if not isinstance(content, str):
-            raise DataFormatError(path, line, f"{where}.content", f"expected str, got {type(content).__name__}")
+        check_content(content, path, line, f"{where}.content", role, special_tokens)
         if role == "system" and index != 0:
             raise DataFormatError(path, line, f"{where}.role", "a system message is only allowed first")
         out.append({"role": role, "content": content})
@@ -113,12 +134,11 @@ def alpaca_to_messages(row: Mapping[str, Any], columns: Mapping[str, str] | None
     values = {}
     for key in ("prompt", "query", "response", "system"):
         name = cols[key]
-        value = row.get(name, "")
-        if value is None:
+        value = row.get(name)
+        if value is None and key in ("query", "system"):
             value = ""
-        if not isinstance(value, str):
-            raise DataFormatError(path, line, name, f"expected str, got {type(value).__name__}")
-        values[key] = value
+        role = {"prompt": "user", "response": "assistant"}.get(key, "system")
+        values[key] = check_content(value, path, line, name, role)
     messages: list[dict[str, str]] = []
     if values["system"]:
         messages.append({"role": "system", "content": values["system"]})
@@ -126,8 +146,10 @@ def alpaca_to_messages(row: Mapping[str, Any], columns: Mapping[str, str] | None
     if not isinstance(history, list):
         raise DataFormatError(path, line, cols["history"], f"expected a list of pairs, got {type(history).__name__}")
     for index, pair in enumerate(history):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+        if not (isinstance(pair, list) and len(pair) == 2):
             raise DataFormatError(path, line, f"{cols['history']}[{index}]", "expected a [user, assistant] pair of str")
+        for side, role in enumerate(("user", "assistant")):
+            check_content(pair[side], path, line, f"{cols['history']}[{index}][{side}]", role)
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     prompt = values["prompt"] + ("\n" + values["query"] if values["query"] else "")
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": values["response"]}]
@@ -161,23 +183,21 @@ def sharegpt_to_messages(row: Mapping[str, Any], column: str = "conversations", 
         if source not in role_of:
             raise DataFormatError(path, line, f"{where}.{t['role_tag']}",
                                   f"unknown role {source!r} (expected one of {sorted(role_of)})")
-        content = turn.get(t["content_tag"])
-        if not isinstance(content, str):
-            raise DataFormatError(path, line, f"{where}.{t['content_tag']}",
-                                  f"expected str, got {type(content).__name__}")
+        content = check_content(turn.get(t["content_tag"]), path, line, f"{where}.{t['content_tag']}", role_of[source])
         messages.append({"role": role_of[source], "content": content})
     return messages
 
 
-def detect_format(row: Mapping[str, Any]) -> str:
-    """``"messages"``, ``"sharegpt"`` or ``"alpaca"`` from the keys of one row."""
+def detect_format(row: Mapping[str, Any], path: str | Path = "<row>", line: int = 0) -> str:
+    """``"messages"``, ``"sharegpt"`` or ``"alpaca"`` from the keys of one row (:class:`DataFormatError` if none)."""
     if "messages" in row:
         return "messages"
     if "conversations" in row:
         return "sharegpt"
     if "instruction" in row:
         return "alpaca"
-    raise ValueError(f"cannot tell the format of a row with keys {sorted(row)}")
+    raise DataFormatError(path, line, None, f"unknown format: no 'messages', 'conversations' or 'instruction' key "
+                                            f"(keys: {sorted(row)})")
 
 
 def to_messages(row: Mapping[str, Any], spec: Mapping[str, Any] | str | None = None, path: str | Path = "<row>",
@@ -191,7 +211,7 @@ def to_messages(row: Mapping[str, Any], spec: Mapping[str, Any] | str | None = N
     if not isinstance(row, Mapping):
         raise DataFormatError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
     if spec is None or isinstance(spec, str):
-        fmt = spec or detect_format(row)
+        fmt = spec or detect_format(row, path, line)
         spec = {"formatting": "alpaca"} if fmt == "alpaca" else {"formatting": "sharegpt"}
         if fmt == "messages":
             spec = {"formatting": "sharegpt", "columns": {"messages": "messages"},
@@ -213,50 +233,16 @@ def to_messages(row: Mapping[str, Any], spec: Mapping[str, Any] | str | None = N
 
 def load_sft_rows(path: str | Path, spec: Mapping[str, Any] | str | None = None, on_error: str = "raise",
                   limit: int | None = None) -> tuple[list[dict[str, Any]], DropReport]:
-    """Read a JSONL file of conversations in any supported format.
+    """Read a JSONL file of conversations in any supported format (with :func:`course_utils.data.read_jsonl`).
 
     Returns ``(rows, report)``: each row is the original object plus a validated ``"messages"`` list.
     ``on_error="raise"`` raises :class:`DataFormatError` (file, line, field) on the first bad row;
-    ``on_error="skip"`` drops it and counts the reason in ``report``.
+    ``on_error="skip"`` drops it and counts the reason and field in ``report``. A file with no usable row raises.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    path = Path(path)
-    report = DropReport(source=path.name)
-    rows: list[dict[str, Any]] = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            if limit is not None and len(rows) >= limit:
-                break
-            report.rows_in += 1
-            try:
-                try:
-                    row = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as exc:
-                    raise DataFormatError(path, number, None, f"not UTF-8 at byte {exc.start}") from None
-                except json.JSONDecodeError as exc:
-                    raise DataFormatError(path, number, None, f"invalid JSON: {exc.msg} at column {exc.colno}") from None
-                messages = to_messages(row, spec, path=path, line=number)
-            except DataFormatError as error:
-                if on_error == "raise":
-                    raise
-                report.drop(_reason(error), str(error))
-                continue
-            rows.append({**row, "messages": messages})
-    report.rows_out = len(rows)
-    return rows, report
+    def convert(row: dict[str, Any], file: Path, number: int) -> dict[str, Any]:
+        return {**row, "messages": to_messages(row, spec, path=file, line=number)}
 
-
-def _reason(error: DataFormatError) -> str:
-    problem = error.problem
-    for key in ("unknown role", "no assistant turn", "expected str", "expected a list", "expected an object",
-                "missing field", "invalid JSON", "not UTF-8", "alternate", "last turn", "system message",
-                "empty conversation"):
-        if key in problem:
-            return key
-    return problem.split(":")[0]
+    return read_jsonl(path, on_error=on_error, validate=convert, limit=limit)
 
 
 def load_dataset_info(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -329,7 +315,7 @@ def encode_chat(messages: Sequence[Mapping[str, str]], tokenizer: Any, max_lengt
     """
     if train_on not in ("assistant", "all"):
         raise ValueError(f"train_on must be 'assistant' or 'all', not {train_on!r}")
-    messages = check_messages(list(messages))
+    messages = check_messages(list(messages), special_tokens=getattr(tokenizer, "all_special_tokens", ()))
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     newline = _encode(tokenizer, "\n")
@@ -361,6 +347,7 @@ def encode_chat_with_template(messages: Sequence[Mapping[str, str]], tokenizer: 
     from course_utils.tokenizer import require_generation_markers
 
     require_generation_markers(tokenizer, "encode_chat_with_template (an assistant-only mask)")
+    messages = check_messages(list(messages), special_tokens=getattr(tokenizer, "all_special_tokens", ()))
     out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
     ids = list(out["input_ids"])

@@ -53,13 +53,11 @@ PRETOKENIZE_REGEX = (
 
 def iter_corpus_texts(path: Path | None = None, field: str = "text") -> Iterator[str]:
     """Yield the ``text`` field of every line of a JSONL corpus (the project's pretraining corpus by default)."""
-    import json
+    from course_utils.data import read_jsonl
 
-    path = path or DATA_DIR / "pretrain_corpus.jsonl"
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)[field]
+    rows, _ = read_jsonl(path or DATA_DIR / "pretrain_corpus.jsonl", {field: str})
+    for row in rows:
+        yield row[field]
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> "tokenizers.Tokenizer":
@@ -217,15 +215,12 @@ def compression(tokenizer: object, texts: Iterable[str]) -> float:
 
 def corpus_by_language(path: Path | None = None) -> dict[str, list[str]]:
     """The pretraining corpus split by its ``lang`` field: ``{"zh": [...], "en": [...]}``."""
-    import json
+    from course_utils.data import read_jsonl
 
-    path = path or DATA_DIR / "pretrain_corpus.jsonl"
+    rows, _ = read_jsonl(path or DATA_DIR / "pretrain_corpus.jsonl", {"text": str, "lang": str})
     out: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                row = json.loads(line)
-                out.setdefault(row["lang"], []).append(row["text"])
+    for row in rows:
+        out.setdefault(row["lang"], []).append(row["text"])
     return out
 
 

@@ -67,7 +67,7 @@ def main() -> None:
     device = env.pick_device("auto")
     precision = env.pick_precision(device)
     tokenizer = tok.load_tiny_tokenizer()
-    corpus = datasets.load_dataset("json", data_files=str(DATA_DIR / "pretrain_corpus.jsonl"), split="train")
+    corpus = data.load_corpus(DATA_DIR / "pretrain_corpus.jsonl")
     packed = data.tokenize_and_pack(corpus, tokenizer, block_size=args.block_size)
     n_blocks = (args.steps + args.warmup) * args.batch_size
     while len(packed) < n_blocks:

@@ -41,7 +41,6 @@ class Arguments:
 
 def main() -> None:
     import torch
-    from datasets import load_dataset
     from transformers import HfArgumentParser, PrinterCallback, Trainer, TrainingArguments, default_data_collator
 
     from course_utils import data, models, tokenizer as tok
@@ -54,7 +53,7 @@ def main() -> None:
 
     started = time.time()
     tokenizer = tok.train_tiny_tokenizer(tok.iter_corpus_texts(Path(args.corpus)), vocab_size=args.vocab_size)
-    corpus = load_dataset("json", data_files=args.corpus, split="train")
+    corpus = data.load_corpus(args.corpus)
     packed = data.tokenize_and_pack(corpus, tokenizer, block_size=args.block_size)
     split = packed.train_test_split(test_size=0.02, seed=args.seed)
     model = models.build_model("tiny", tokenizer, seed=args.seed)

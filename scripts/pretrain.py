@@ -141,15 +141,10 @@ def build_model(model_args: ModelArguments, tokenizer, seed: int):
 
 
 def load_corpus(data_args: DataTrainingArguments):
-    """``datasets.load_dataset`` on the JSONL (or text) files, optionally truncated to ``max_documents``."""
-    from datasets import load_dataset
+    """The JSONL (or ``.txt``) files, validated by ``data.load_corpus``, optionally truncated to ``max_documents``."""
+    from course_utils import data
 
-    files = list(data_args.train_files)
-    builder = "text" if all(f.endswith(".txt") for f in files) else "json"
-    corpus = load_dataset(builder, data_files=files, split="train")
-    if data_args.max_documents is not None:
-        corpus = corpus.select(range(min(data_args.max_documents, len(corpus))))
-    return corpus
+    return data.load_corpus(list(data_args.train_files), limit=data_args.max_documents)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -164,25 +164,6 @@ def test_near_dedup_drops_near_copies_only():
     assert len(kept) == 2 and [(p[0], p[1]) for p in pairs] == [(2, 0)] and pairs[0][2] >= 0.8
 
 
-# --- conversion ----------------------------------------------------------------------------------------------------
-
-def test_alpaca_to_messages():
-    out = data.alpaca_to_messages({"instruction": " 翻译 ", "input": "你好", "output": " Hello "}, system="Be brief.")
-    assert out["messages"] == [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "翻译\n\n你好"},
-        {"role": "assistant", "content": "Hello"},
-    ]
-    assert data.alpaca_to_messages({"instruction": "Hi", "output": "Hello"})["messages"][0] == {"role": "user", "content": "Hi"}
-
-
-def test_sharegpt_to_messages_and_unknown_speaker():
-    example = {"system": "S", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}
-    assert [m["role"] for m in data.sharegpt_to_messages(example)["messages"]] == ["system", "user", "assistant"]
-    with pytest.raises(ValueError, match="unknown speaker 'bot'"):
-        data.sharegpt_to_messages({"conversations": [{"from": "bot", "value": "x"}]})
-
-
 # --- split and report ----------------------------------------------------------------------------------------------
 
 def test_length_bucket_counts_characters():

@@ -27,7 +27,7 @@ CONVERSATIONS = {
         {"role": "user", "content": "哪条河流经柯丽兰？"},
         {"role": "assistant", "content": "洛萨河流经柯丽兰。"},
     ],
-    "empty_assistant": [{"role": "user", "content": "Say nothing."}, {"role": "assistant", "content": ""}],
+    "one_char_reply": [{"role": "user", "content": "First letter of dog?"}, {"role": "assistant", "content": "d"}],
     "long": [{"role": "system", "content": "Answer briefly. " * 6},
              {"role": "user", "content": "Tell me the capital of Soria, please, in one word."},
              {"role": "assistant", "content": "Valmont is the capital."}],
@@ -62,8 +62,10 @@ def test_masks_cover_reply_and_im_end_only(tokenizer):
     item = sft.encode_chat(CONVERSATIONS["system_multi_turn"], tokenizer)
     trained = [t for t in item["labels"] if t != IGNORE]
     assert tokenizer.decode(trained) == "CAT<|im_end|>d<|im_end|>洛萨河流经柯丽兰。<|im_end|>"
-    empty = sft.encode_chat(CONVERSATIONS["empty_assistant"], tokenizer)
-    assert [t for t in empty["labels"] if t != IGNORE] == [im_end]
+    short = sft.encode_chat(CONVERSATIONS["one_char_reply"], tokenizer)
+    assert [t for t in short["labels"] if t != IGNORE][-1] == im_end
+    with pytest.raises(DataFormatError, match="empty string"):  # an empty reply would train only <|im_end|>
+        sft.encode_chat([{"role": "user", "content": "Say nothing."}, {"role": "assistant", "content": ""}], tokenizer)
     everything = sft.encode_chat(CONVERSATIONS["single"], tokenizer, train_on="all")
     assert everything["labels"] == everything["input_ids"]
 
@@ -144,7 +146,7 @@ def test_bad_conversations_raise_with_file_line_field(tmp_path):
     rows, report = sft.load_sft_rows(DATA_DIR / "bad_examples" / "bad_roles.jsonl", on_error="skip")
     assert report.rows_in == 5 and len(rows) == 2 and sum(report.dropped.values()) == 3
     rows, report = sft.load_sft_rows(DATA_DIR / "bad_examples" / "no_assistant.jsonl", on_error="skip")
-    assert len(rows) == 2 and report.dropped["no assistant turn"] == 3
+    assert len(rows) == 2 and report.dropped["no assistant turn (messages)"] == 3
 
     path = tmp_path / "types.jsonl"
     lines = [
@@ -153,9 +155,11 @@ def test_bad_conversations_raise_with_file_line_field(tmp_path):
         {"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]},
         {"instruction": "Add.", "input": "1 + 1", "output": 2},
     ]
-    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n", encoding="utf-8")
+    good = {"messages": CONVERSATIONS["single"]}
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n" + json.dumps(good) + "\n",
+                    encoding="utf-8")
     _, report = sft.load_sft_rows(path, on_error="skip")
-    assert report.rows_in == 5 and report.rows_out == 0
+    assert report.rows_in == 6 and report.rows_out == 1
     expected = [(1, "messages[0].content"), (2, "messages"), (3, "conversations[1].from"), (4, "output")]
     for (line, field), row in zip(expected, lines):
         with pytest.raises(DataFormatError) as info:
