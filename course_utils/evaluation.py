@@ -74,16 +74,6 @@ def heldout_blocks(tokenizer: Any, corpus: str | Path | None = None, block_size:
     return test
 
 
-def load_task_rows(path: str | Path | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of ``data_samples/tasks_test.jsonl`` (checkable tasks never seen in training), optionally the first N."""
-    from course_utils.data import read_jsonl
-    from course_utils.datagen import TASK_SCHEMA
-
-    path = Path(path) if path is not None else DATA_DIR / "tasks_test.jsonl"
-    rows, _ = read_jsonl(path, TASK_SCHEMA, allow_empty=("input",), limit=limit)
-    return rows
-
-
 @dataclass
 class ModelReport:
     """What :func:`evaluate_model` measured for one model."""
@@ -136,6 +126,8 @@ def evaluate_model(model: Any, tokenizer: Any, name: str = "model", *, heldout: 
 
     started = time.perf_counter()
     heldout = heldout if heldout is not None else heldout_blocks(tokenizer)
+    from course_utils.sft import load_task_rows
+
     task_rows = list(task_rows) if task_rows is not None else load_task_rows()
     was_training = model.training
     model.eval()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from course_utils.data import DataFormatError, DropReport, check_text, read_jsonl
+from course_utils.data import DataFormatError, DropReport, check_text, drop_reason, read_jsonl
 
 #: Label value ignored by ``torch.nn.CrossEntropyLoss`` (its ``ignore_index``) and by every HF causal-LM loss.
 IGNORE_INDEX: int = -100
@@ -245,6 +245,28 @@ def load_sft_rows(path: str | Path, spec: Mapping[str, Any] | str | None = None,
     return read_jsonl(path, on_error=on_error, validate=convert, limit=limit)
 
 
+def convert_rows(rows: Iterable[Mapping[str, Any]], spec: Mapping[str, Any] | str | None = None,
+                 source: str = "rows", on_error: str = "skip") -> tuple[list[dict[str, Any]], DropReport]:
+    """:func:`to_messages` on in-memory rows (e.g. a ``datasets.Dataset`` after cleaning): the same checks as
+    :func:`load_sft_rows`; bad rows are dropped and counted (``line`` = 1-based row number) or raised."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    report = DropReport(source=source)
+    out: list[dict[str, Any]] = []
+    for number, row in enumerate(rows, start=1):
+        report.rows_in += 1
+        try:
+            out.append({**row, "messages": to_messages(row, spec, path=source, line=number)})
+        except DataFormatError as error:
+            if on_error == "raise":
+                raise
+            report.drop(drop_reason(error), f"row {number}: {error.problem}")
+    report.rows_out = len(out)
+    if not out:
+        raise DataFormatError(source, None, None, f"empty dataset: all {report.rows_in} rows were dropped")
+    return out, report
+
+
 def load_dataset_info(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a LLaMA-Factory ``dataset_info.json`` (dataset name -> ``file_name``, ``formatting``, ``columns``...)."""
     with open(path, encoding="utf-8") as handle:
@@ -273,6 +295,18 @@ def load_named_datasets(names: str | Sequence[str], dataset_info: str | Path, da
         rows += part
         reports.append(report)
     return rows, reports
+
+
+def load_task_rows(path: str | Path | None = None, limit: int | None = None, on_error: str = "raise"
+                   ) -> list[dict[str, Any]]:
+    """Checkable-task rows (``datagen.TASK_SCHEMA``; ``data_samples/tasks_test.jsonl`` by default: tasks never seen
+    in training), optionally the first ``limit``, read with :func:`course_utils.data.read_jsonl`."""
+    from course_utils import DATA_DIR
+    from course_utils.datagen import TASK_SCHEMA
+
+    path = Path(path) if path is not None else DATA_DIR / "tasks_test.jsonl"
+    rows, _ = read_jsonl(path, TASK_SCHEMA, on_error=on_error, allow_empty=("input",), limit=limit)
+    return rows
 
 
 def task_to_messages(row: Mapping[str, Any], system: str | None = None,

@@ -51,15 +51,14 @@ def main() -> int:
     import torch
 
     from course_utils import DATA_DIR, lora, models, sft
-    from course_utils import evaluation as ev
 
     env.seed_everything(args.seed)
     device = env.pick_device(args.device)
     base, tokenizer = models.load_model_and_tokenizer(args.model, seed=args.seed)
     base.to(device).eval()
 
-    train_rows = ev.load_task_rows(DATA_DIR / "tasks_train.jsonl")
-    test_rows = ev.load_task_rows(DATA_DIR / "tasks_test.jsonl")
+    train_rows = sft.load_task_rows(DATA_DIR / "tasks_train.jsonl")
+    test_rows = sft.load_task_rows(DATA_DIR / "tasks_test.jsonl")
     test_rows = test_rows[: args.n_test]
     train_encoded, _ = sft.encode_rows([sft.task_to_messages(r) for r in train_rows], tokenizer, args.max_length)
     test_encoded, _ = sft.encode_rows([sft.task_to_messages(r) for r in test_rows], tokenizer, args.max_length)

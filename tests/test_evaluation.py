@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from course_utils import env, evaluation as ev
+from course_utils import env, evaluation as ev, sft
 
 env.setup_offline()
 
@@ -160,7 +160,7 @@ def test_tensorrt_status_says_what_it_needs():
 
 def test_evaluate_model_small(model, tokenizer):
     held = ev.heldout_blocks(tokenizer, max_blocks=4)
-    rows = ev.load_task_rows(limit=6)
+    rows = sft.load_task_rows(limit=6)
     report = ev.evaluate_model(model, tokenizer, "random", heldout=held, task_rows=rows,
                                generation_prompts=("1 + 1",), max_new_tokens=4)
     assert report.n_blocks == 4 and report.n_tasks == 6
