@@ -4,6 +4,7 @@
 #   make notebooks  re-execute the notebooks in place so their committed outputs are fresh
 #   make lab        JupyterLab on the project
 #   make slides     build the Marp decks into build/slides/
+#   make mutations  break each lesson's code and check its notebook fails (every checkpoint can fail)
 #   make test-gpu   every notebook on a CUDA GPU with a real model (GPU runners; see scripts/test_gpu.py)
 
 SHELL := /bin/bash
@@ -27,7 +28,7 @@ export WORKBOOK_HEADLESS := 1
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
 
-.PHONY: venv workbook test unit unit-fast nbval portability notebooks lab slides check-slides clean test-gpu
+.PHONY: venv workbook test unit unit-fast nbval portability mutations notebooks lab slides check-slides clean test-gpu
 
 venv: $(STAMP)
 
@@ -66,6 +67,10 @@ PORTABILITY_SETTINGS := "ATEN_CPU_CAPABILITY=default" \
 	"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1"
 portability: $(STAMP)
 	@for setting in $(PORTABILITY_SETTINGS); do echo "== nbval with $$setting"; env $$setting $(MAKE) --no-print-directory nbval || exit 1; done
+
+# Break the code each notebook teaches (one line of course_utils) and check that the notebook then fails.
+mutations: $(STAMP)
+	$(PY) scripts/mutation_check.py
 
 # As root (AutoDL, containers) Jupyter refuses to start without --allow-root.
 lab: $(STAMP)
