@@ -728,8 +728,9 @@ def zero_config(
     stage: int, offload_optimizer: bool = False, offload_param: bool = False, bucket_size: int = 2_000_000
 ) -> dict[str, Any]:
     """A minimal DeepSpeed config for ``TrainingArguments(deepspeed=...)``; ``"auto"`` fields are filled by
-    the Trainer from its own arguments. No ``optimizer`` section: the Trainer's ``torch.optim.AdamW`` is used
-    (``zero_allow_untested_optimizer``), so DeepSpeed compiles no Adam op (FusedAdam / CPUAdam)."""
+    the Trainer from its own arguments. No ``optimizer`` section: the Trainer's ``torch.optim.AdamW`` is used (the
+    Trainer's DeepSpeed integration sets ``zero_allow_untested_optimizer`` itself), so DeepSpeed compiles no Adam op
+    (FusedAdam / CPUAdam)."""
     _check_stage(stage)
     # Buckets in elements: DeepSpeed's default reduce bucket is 5e8 elements (2 GB in fp32), allocated
     # up front; for a tiny model a small bucket is enough and saves most of the run's time on a CPU.
@@ -740,7 +741,6 @@ def zero_config(
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
     return {
         "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": "auto"},
         "fp16": {"enabled": "auto"},
         "train_micro_batch_size_per_gpu": "auto",

@@ -3,7 +3,8 @@
     python scripts/sft.py configs/sft_tiny.yaml                      # rebuilds data_samples/tiny_sft (CPU, ~1 min)
     python scripts/sft.py configs/sft_tiny.yaml --max_steps 20 --output_dir /tmp/sft_smoke
     python scripts/sft.py configs/sft_lora_example.yaml              # LoRA on the tiny base
-    python scripts/sft.py configs/sft_qwen_lora.yaml                 # a hub model on a GPU (needs a network)
+    python scripts/sft.py configs/sft_lora_example.yaml --model_name_or_path Qwen/Qwen2.5-0.5B --template tokenizer \
+        --output_dir runs/qwen_lora                                   # a hub model on a GPU (needs a network)
 
 The YAML keys are LLaMA-Factory's where they exist (``stage``, ``model_name_or_path``, ``finetuning_type``,
 ``template``, ``dataset``, ``dataset_dir``, ``cutoff_len``, ``train_on_prompt``, ``lora_target``, ``lora_rank``,

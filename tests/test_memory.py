@@ -182,7 +182,7 @@ def test_calculator_and_plot():
 def test_zero_config_uses_the_trainers_torch_optimizer():
     config = M.zero_config(3, offload_optimizer=True)
     assert config["zero_optimization"]["stage"] == 3 and "optimizer" not in config
-    assert config["zero_allow_untested_optimizer"] is True
+    assert "zero_allow_untested_optimizer" not in config  # the Trainer's DeepSpeed integration sets it itself
     assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     with pytest.raises(ValueError):
         M.zero_config(5)

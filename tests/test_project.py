@@ -112,3 +112,24 @@ def test_no_stderr_noise_in_stored_outputs(path):
                     if line.strip() and not any(re.search(allowed, line) for allowed in STDERR_ALLOWED):
                         noise.append((index, line[:120]))
     assert not noise, noise
+
+
+def test_docstrings_cite_only_files_that_exist():
+    """A command in a docstring or README that names a config file must name one that is in the repository."""
+    sources = list((ROOT / "scripts").glob("*.py")) + list((ROOT / "course_utils").glob("*.py")) + [ROOT / "README.md"]
+    cited = {(path.name, match) for path in sources
+             for match in re.findall(r"\bconfigs/[\w.-]+\.(?:json|yaml|yml)\b", path.read_text(encoding="utf-8"))}
+    missing = sorted((name, rel) for name, rel in cited if not (ROOT / rel).exists())
+    assert cited and not missing, missing
+
+
+def test_pretrain_json_config_parses():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import pretrain
+    finally:
+        sys.path.pop(0)
+    model_args, data_args, training_args = pretrain.parse_args([str(ROOT / "configs" / "pretrain_tiny.json")])
+    assert model_args.config_name == "tiny" and data_args.block_size == 64 and training_args.max_steps == 40
