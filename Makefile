@@ -44,7 +44,7 @@ workbook: $(STAMP)
 	WORKBOOK_FIGURES_DIR=$(CURDIR)/build/figures $(PY) scripts/run_notebooks.py --out build
 
 notebooks: $(STAMP)
-	WORKBOOK_FIGURES_DIR=$(CURDIR)/slides/figures $(PY) scripts/run_notebooks.py --inplace --out build/inplace
+	WORKBOOK_FIGURES_DIR=$(CURDIR)/slides/figures $(PY) scripts/run_notebooks.py --inplace --record-times --out build/inplace
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -53,7 +53,28 @@ def progress_bars() -> bool:
     else:
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
+    _plain_tqdm_bars(on)
     return on
+
+
+#: Modules that draw a bar with plain ``tqdm`` instead of their library's switchable one (transformers' GGUF loader:
+#: "Converting and de-quantizing GGUF tensors"); ``progress_bars`` switches them with the others.
+PLAIN_TQDM_MODULES: tuple[str, ...] = ("transformers.modeling_gguf_pytorch_utils",)
+
+
+def _plain_tqdm_bars(on: bool) -> None:
+    import functools
+    import importlib
+
+    for name in PLAIN_TQDM_MODULES:
+        module = importlib.import_module(name)
+        original = getattr(module.tqdm, "_course_original", module.tqdm)
+        if on:
+            module.tqdm = original
+        else:
+            module.tqdm = functools.partial(original, disable=True)
+            module.tqdm._course_original = original
+
 
 #: Variables a distributed launcher (torchrun, accelerate, deepspeed) sets for each process. A process that
 #: inherits stale ones tries to rendezvous with a group that does not exist.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -181,6 +182,40 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: The title cell's time sentence and the README row's time column (written by ``--record-times``).
+TITLE_TIME_RE = re.compile(r"(\*\*CPU 耗时\*\*：2 核 CPU 约 )\d+( 秒 \(`make notebooks` 在开发机上实测 )\d+( 秒\))")
+
+
+def approx_seconds(seconds: float) -> int:
+    """The rounded figure a student reads: the nearest multiple of 5 seconds (at least 5)."""
+    return max(5, 5 * round(seconds / 5))
+
+
+def record_times(rows: list[dict]) -> None:
+    """Write each notebook's measured time into its title cell and into the README's notebook table (one run, both
+    places), so the two never disagree. Only for a complete, successful run of every notebook."""
+    import nbformat
+
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    for row in rows:
+        path = ROOT / "notebooks" / row["notebook"]
+        notebook = nbformat.read(path, as_version=4)
+        title = notebook.cells[0]
+        new, count = TITLE_TIME_RE.subn(rf"\g<1>{approx_seconds(row['seconds'])}\g<2>{round(row['seconds'])}\g<3>",
+                                        title.source)
+        if count != 1:
+            raise SystemExit(f"{row['notebook']}: the title cell has no 'CPU 耗时' sentence to update")
+        if new != title.source:
+            title.source = new
+            nbformat.write(notebook, path)
+        pattern = re.compile(rf"^(\| `{re.escape(row['notebook'])}` \|[^|]*\| )\d+( s \|)", re.M)
+        text, count = pattern.subn(rf"\g<1>{round(row['seconds'])}\g<2>", text)
+        if count != 1:
+            raise SystemExit(f"README.md: no row for {row['notebook']} in the notebook table")
+    readme.write_text(text, encoding="utf-8")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/[0-9]*.ipynb")
@@ -191,6 +226,8 @@ def main() -> int:
     parser.add_argument("--profile", choices=("standin", "gpu"), help="per-notebook parameters from "
                         "configs/notebook_profiles.json")
     parser.add_argument("--model", help="MODEL for every notebook that declares it")
+    parser.add_argument("--record-times", action="store_true", help="with --inplace on every notebook: write the "
+                        "measured times into the title cells and the README table (make notebooks)")
     args = parser.parse_args()
     if args.inplace and (args.parameter or args.profile or args.model):
         parser.error("--inplace keeps the default parameters (the committed outputs are the CPU default)")
@@ -224,7 +261,11 @@ def main() -> int:
     print(table)
     (args.out / "summary.md").write_text(table + "\n", encoding="utf-8")
     (args.out / "summary.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return 0 if all(row["status"] == "ok" for row in rows) else 1
+    ok = all(row["status"] == "ok" for row in rows)
+    if args.record_times and args.inplace and ok and not args.notebooks:
+        record_times(rows)
+        print("times written to the title cells and README.md")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

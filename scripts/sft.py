@@ -3,7 +3,7 @@
     python scripts/sft.py configs/sft_tiny.yaml                      # rebuilds data_samples/tiny_sft (CPU, ~1 min)
     python scripts/sft.py configs/sft_tiny.yaml --max_steps 20 --output_dir /tmp/sft_smoke
     python scripts/sft.py configs/sft_lora_example.yaml              # LoRA on the tiny base
-    python scripts/sft.py configs/sft_lora_example.yaml --model_name_or_path Qwen/Qwen2.5-0.5B --template tokenizer \
+    python scripts/sft.py configs/sft_lora_example.yaml --online --model_name_or_path Qwen/Qwen2.5-0.5B --lora_target all \
         --output_dir runs/qwen_lora                                   # a hub model on a GPU (needs a network)
 
 The YAML keys are LLaMA-Factory's where they exist (``stage``, ``model_name_or_path``, ``finetuning_type``,
@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from course_utils import DATA_DIR, PROJECT_ROOT, env  # noqa: E402
 from course_utils.train import file_sha256  # noqa: E402
 
-env.setup_offline(offline=False) if "--online" in sys.argv else env.setup_offline()
+if __name__ == "__main__":  # before transformers is imported; importing this file (tests, notebook 11) changes nothing
+    env.setup_offline(offline=False) if "--online" in sys.argv else env.setup_offline()
 
 
 @dataclass
@@ -81,6 +82,14 @@ class FinetuningArguments:
     merge_lora: bool = field(default=False, metadata={"help": "also save the merged model (LoRA only)"})
 
 
+#: Keys of the lecture slides' LLaMA-Factory YAML that LLaMA-Factory (and this script) does not have -> the real ones.
+SEED_KEYS: dict[str, str] = {
+    "train_file": "dataset: <name registered in dataset_info.json> (+ dataset_dir)",
+    "val_file": "eval_dataset: <name> (LLaMA-Factory; here eval_tasks: <file>) or val_size: 0.1",
+    "bnb_4bit_quant_type": "quantization_bit: 4 (+ quantization_type: nf4, LLaMA-Factory's default)",
+}
+
+
 def parse_arguments(argv: list[str]) -> tuple:
     """``config.yaml [--key value ...]`` or plain ``--key value`` flags -> the four argument dataclasses."""
     import yaml
@@ -105,7 +114,8 @@ def parse_arguments(argv: list[str]) -> tuple:
             config[key] = yaml.safe_load(value)
         unknown = sorted(set(config) - known)
         if unknown:
-            raise SystemExit(f"unknown keys in {argv[0]}: {unknown}")
+            hints = "".join(f"\n  {key}: use {SEED_KEYS[key]}" for key in unknown if key in SEED_KEYS)
+            raise SystemExit(f"unknown keys in {argv[0]}: {unknown}{hints}")
         config.setdefault("output_dir", str(DATA_DIR / "tiny_sft"))
         return parser.parse_dict(config)
     return parser.parse_args_into_dataclasses(args=argv)

@@ -148,3 +148,20 @@ def test_savefig_honours_the_figures_dir_override(tmp_path, monkeypatch):
     plt.close(fig)
     assert path == tmp_path / "figs" / "unit_test_plot.png" and path.stat().st_size > 0
     assert not (plotting.FIGURES_DIR / "unit_test_plot.png").exists()
+
+
+def test_progress_bars_follow_headless_including_plain_tqdm(monkeypatch):
+    """Headless: datasets', transformers' and plain-tqdm bars (transformers' GGUF loader) are off; on for a person."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setenv(env.HEADLESS_VAR, "1")
+    assert env.progress_bars() is False
+    assert not hf_logging.is_progress_bar_enabled() and gguf_utils.tqdm(range(2)).disable
+    monkeypatch.delenv(env.HEADLESS_VAR)
+    assert env.progress_bars() is True
+    assert hf_logging.is_progress_bar_enabled() and not gguf_utils.tqdm(range(2), file=open(os.devnull, "w")).disable
+    monkeypatch.setenv(env.HEADLESS_VAR, "1")
+    env.progress_bars()
+    env.progress_bars()   # twice in a row: still one level of wrapping
+    assert gguf_utils.tqdm.func.__name__ != "partial" and gguf_utils.tqdm(range(2)).disable

@@ -133,3 +133,23 @@ def test_pretrain_json_config_parses():
         sys.path.pop(0)
     model_args, data_args, training_args = pretrain.parse_args([str(ROOT / "configs" / "pretrain_tiny.json")])
     assert model_args.config_name == "tiny" and data_args.block_size == 64 and training_args.max_steps == 40
+
+
+def test_readme_times_equal_the_title_cells():
+    """Both are written from one `make notebooks` run (`run_notebooks.py --record-times`)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for path in NOTEBOOKS:
+        title = "".join(json.loads(path.read_text(encoding="utf-8"))["cells"][0]["source"])
+        measured = re.search(r"\*\*CPU 耗时\*\*：2 核 CPU 约 (\d+) 秒 \(`make notebooks` 在开发机上实测 (\d+) 秒\)", title)
+        row = re.search(rf"^\| `{re.escape(path.name)}` \|[^|]*\| (\d+) s \|", readme, re.M)
+        assert measured and row, path.name
+        assert measured.group(2) == row.group(1), (path.name, measured.group(2), row.group(1))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_no_progress_bar_widgets_in_stored_outputs(path):
+    """A headless run draws no tqdm widget (a stored one shows as a frozen 0 % bar on GitHub and in the HTML)."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    widgets = [index for index, cell in enumerate(cells) if cell["cell_type"] == "code"
+               for output in cell.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in output.get("data", {})]
+    assert not widgets, widgets
