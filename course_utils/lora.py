@@ -208,7 +208,7 @@ def lora_param_formula(config: Any, target_modules: Sequence[str] = ("q_proj", "
     return config.num_hidden_layers * sum(r * sum(shapes[name]) for name in target_modules)
 
 
-def seeds_formula(config: Any, n_targets_per_layer: int = 2, r: int = 8) -> int:
+def slides_formula(config: Any, n_targets_per_layer: int = 2, r: int = 8) -> int:
     """The seeds' ``Theta = 2 * L_LoRA * d_model * r`` (``L_LoRA`` = number of LoRA modules): square targets only."""
     return 2 * config.num_hidden_layers * n_targets_per_layer * config.hidden_size * r
 

@@ -6,7 +6,7 @@ Three ways to count the memory of model states (weights, gradients, optimizer st
   mixed-precision Adam keeps 2 bytes/param 16-bit weights, 2 bytes/param 16-bit gradients and
   K = 12 bytes/param optimizer states (fp32 master weights, momentum, variance); stage 1 partitions the
   optimizer states over N GPUs, stage 2 also the gradients, stage 3 also the weights.
-* ``seed_table_bytes``    the lecture notes' table (4P, 2P + 2P/N, P + 3P/N, 4P/N with P = bytes of the
+* ``slides_table_bytes``    the lecture notes' table (4P, 2P + 2P/N, P + 3P/N, 4P/N with P = bytes of the
   weights). It is exact for pure fp32 Adam (P = 4 bytes/param) and half the truth for mixed precision
   read with 2-byte P.
 * ``ds_zero2_estimate`` / ``ds_zero3_estimate``  a byte-exact re-implementation of DeepSpeed 0.19.8's
@@ -100,7 +100,7 @@ def zero_model_states(
     return ModelStates(params=params, grads=grads, optimizer=optimizer, cpu=cpu)
 
 
-def seed_table_bytes(p_bytes: float, stage: int, num_gpus: int = 1) -> float:
+def slides_table_bytes(p_bytes: float, stage: int, num_gpus: int = 1) -> float:
     """The lecture notes' per-GPU table, ``P`` = bytes of the weights (activations left out).
 
     stage 0: ``4P``; stage 1: ``2P + 2P/N``; stage 2: ``P + 3P/N``; stage 3: ``4P/N``. It assumes the

@@ -83,8 +83,8 @@ def test_trainable_count_formula_and_peft(base, targets):
 def test_seeds_formula_wrong_under_gqa(base):
     # q: 128 -> 128, v: 128 -> 64 (2 KV heads of 32): r*(256 + 192) per layer, not 2*d*r*2
     assert lora.lora_param_formula(base.config, ("q_proj", "v_proj"), r=8) == 4 * 8 * (256 + 192)
-    assert lora.seeds_formula(base.config, 2, r=8) != lora.lora_param_formula(base.config, ("q_proj", "v_proj"), r=8)
-    assert lora.seeds_formula(base.config, 2, r=8) == lora.lora_param_formula(base.config, ("q_proj", "o_proj"), r=8)
+    assert lora.slides_formula(base.config, 2, r=8) != lora.lora_param_formula(base.config, ("q_proj", "v_proj"), r=8)
+    assert lora.slides_formula(base.config, 2, r=8) == lora.lora_param_formula(base.config, ("q_proj", "o_proj"), r=8)
 
 
 def test_merge_and_unload_equal_in_eval(base, input_ids):

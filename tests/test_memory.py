@@ -81,9 +81,9 @@ def test_live_estimators_on_a_real_model(capsys):
 def test_paper_vs_seed_table_for_7b():
     psi = 7_000_000_000
     assert M.zero_model_states(psi, 0).gpu_total == 112 * M.GB  # 2 + 2 + 12 bytes/param
-    assert M.seed_table_bytes(2 * psi, 0) == 56 * M.GB  # P read as 2-byte weights: half the truth
+    assert M.slides_table_bytes(2 * psi, 0) == 56 * M.GB  # P read as 2-byte weights: half the truth
     for stage in range(4):
-        assert M.seed_table_bytes(2 * psi, stage, 8) < M.zero_model_states(psi, stage, 8).gpu_total
+        assert M.slides_table_bytes(2 * psi, stage, 8) < M.zero_model_states(psi, stage, 8).gpu_total
 
 
 @pytest.mark.parametrize("stage,n", itertools.product(range(4), [1, 2, 4, 8, 64]))
@@ -91,7 +91,7 @@ def test_seed_table_is_exact_for_fp32_adam(stage, n):
     psi = 1_000_000_000 * 64
     b = M.FP32_ADAM_BYTES
     fp32 = M.zero_model_states(psi, stage, n, b["params"], b["grads"], b["optimizer"])
-    assert fp32.gpu_total == M.seed_table_bytes(4 * psi, stage, n)
+    assert fp32.gpu_total == M.slides_table_bytes(4 * psi, stage, n)
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 64])

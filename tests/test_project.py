@@ -154,3 +154,13 @@ def test_no_progress_bar_widgets_in_stored_outputs(path):
                for output in cell.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
                and re.search(r"\d+%\|", "".join(output["data"].get("text/plain", "")))]   # a tqdm bar, not a widget
     assert not widgets, widgets
+
+
+def test_one_word_for_the_course_material():
+    """The course's source material is '讲义' (code: 'slides'); '种子' alone would read as a random seed."""
+    sources = list(NOTEBOOKS) + list((ROOT / "slides").glob("*.md")) + [ROOT / "README.md"]
+    clashes = [(path.name, match.group(0)) for path in sources
+               for match in re.finditer(r".{0,6}(?<!随机)种子.{0,6}", path.read_text(encoding="utf-8"))]
+    assert not clashes, clashes[:5]
+    code = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "course_utils").glob("*.py"))
+    assert not re.search(r"\bseeds?_(table|formula|preprocess)", code)
