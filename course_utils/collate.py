@@ -212,15 +212,20 @@ def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def pack_to_blocks(
-    sequences: Sequence[Sequence[int]], block_size: int, pad_id: int, label_pad_id: int = IGNORE_INDEX
+    sequences: Sequence[Sequence[int]], block_size: int, pad_id: int, label_pad_id: int = IGNORE_INDEX,
+    labels: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Greedy first-fit-decreasing packing of whole documents into rows of ``block_size`` (no document is cut).
 
     Returns ``input_ids``, ``labels`` and ``position_ids`` of shape [rows, block_size]. Positions restart at
     every document; the first label of each document and the padding at the end of a row are ``label_pad_id``;
-    the padding gets its own positions from 0, so it forms a separate (ignored) document.
-    Raises ``ValueError`` for a document longer than ``block_size``.
+    the padding gets its own positions from 0, so it forms a separate (ignored) document. ``labels`` (one list per
+    document, e.g. SFT labels with -100 on the prompt) are kept; without them every token but the first is a target.
+    Raises ``ValueError`` for a document longer than ``block_size`` or labels of another length.
     """
+    if labels is not None and (len(labels) != len(sequences)
+                               or any(len(l) != len(s) for l, s in zip(labels, sequences))):
+        raise ValueError("labels must have one list per document, each as long as its input_ids")
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
     rows: list[list[int]] = []
     free: list[int] = []
@@ -238,7 +243,7 @@ def pack_to_blocks(
         else:
             rows.append([i])
             free.append(block_size - size)
-    ids, labels, positions = [], [], []
+    ids, out_labels, positions = [], [], []
     for row, space in zip(rows, free):
         row_ids: list[int] = []
         row_labels: list[int] = []
@@ -246,16 +251,16 @@ def pack_to_blocks(
         for i in row:
             seq = list(sequences[i])
             row_ids += seq
-            row_labels += [label_pad_id] + seq[1:]
+            row_labels += [label_pad_id] + list((labels[i] if labels is not None else seq)[1:])
             row_pos += list(range(len(seq)))
         row_ids += [pad_id] * space
         row_labels += [label_pad_id] * space
         row_pos += list(range(space))
         ids.append(row_ids)
-        labels.append(row_labels)
+        out_labels.append(row_labels)
         positions.append(row_pos)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.long).reshape(len(values), block_size)  # noqa: E731
-    return {"input_ids": as_tensor(ids), "labels": as_tensor(labels), "position_ids": as_tensor(positions)}
+    return {"input_ids": as_tensor(ids), "labels": as_tensor(out_labels), "position_ids": as_tensor(positions)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,7 +344,8 @@ def build_batches(
             )
         real = len(blocks["input_ids"]) * max_length
     else:  # packing_position_ids
-        packed = pack_to_blocks([list(ex["input_ids"]) for ex in examples], max_length, pad_id)
+        packed = pack_to_blocks([list(ex["input_ids"]) for ex in examples], max_length, pad_id,
+                                labels=[list(ex["labels"]) for ex in examples] if "labels" in examples[0] else None)
         order = random_batches(packed["input_ids"].shape[0], batch_size, seed=seed)
         for indices in order:
             batches.append({key: value[indices] for key, value in packed.items()})

@@ -129,6 +129,19 @@ def test_pack_to_blocks_keeps_documents_whole():
         collate.pack_to_blocks([[1] * 9], block_size=8, pad_id=0)
 
 
+def test_pack_to_blocks_keeps_sft_labels():
+    """Packing SFT rows must keep their -100 prompt labels (else the packed run trains on the prompts)."""
+    seqs = [[5, 6, 7, 8], [1, 2, 3]]
+    sft_labels = [[-100, -100, 7, 8], [-100, 2, 3]]
+    out = collate.pack_to_blocks(seqs, block_size=8, pad_id=0, labels=sft_labels)
+    assert out["labels"].tolist()[0] == [-100, -100, 7, 8, -100, 2, 3, -100]
+    with pytest.raises(ValueError, match="as long as its input_ids"):
+        collate.pack_to_blocks(seqs, block_size=8, pad_id=0, labels=[[1, 2], [3]])
+    built = collate.build_batches([{"input_ids": s, "labels": l} for s, l in zip(seqs, sft_labels)], "packing_position_ids",
+                                  batch_size=1, max_length=8, pad_id=0)
+    assert sorted(v for b in built.batches for v in b["labels"].flatten().tolist() if v != -100) == [2, 3, 7, 8]
+
+
 def test_length_grouped_batches_reduce_padding():
     lengths = [(i * 37) % 100 + 1 for i in range(256)]
     grouped = collate.length_grouped_batches(lengths, 8, seed=0)
