@@ -213,6 +213,10 @@ def record_times(rows: list[dict]) -> None:
         text, count = pattern.subn(rf"\g<1>{round(row['seconds'])}\g<2>", text)
         if count != 1:
             raise SystemExit(f"README.md: no row for {row['notebook']} in the notebook table")
+    total = round(sum(row["seconds"] for row in rows))
+    text, count = re.subn(r"title cell\): \d+ s in all", f"title cell): {total} s in all", text)
+    if count != 1:
+        raise SystemExit("README.md: no 'title cell): N s in all' sentence for the total")
     readme.write_text(text, encoding="utf-8")
 
 
