@@ -164,3 +164,11 @@ def test_one_word_for_the_course_material():
     assert not clashes, clashes[:5]
     code = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "course_utils").glob("*.py"))
     assert not re.search(r"\bseeds?_(table|formula|preprocess)", code)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_no_cell_relies_on_a_trailing_semicolon(path):
+    """Jupyter hides a value after `;`, nbval does not: such a cell fails strict nbval. Assign the value instead."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    ending = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and "".join(c["source"]).rstrip().endswith(";")]
+    assert not ending, ending
