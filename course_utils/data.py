@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -134,12 +135,16 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield number, raw.rstrip(b"\r\n")
 
 
-def _parse_line(raw: bytes, path: Path, number: int) -> Any:
+def _decode_line(raw: bytes, path: Path, number: int) -> str:
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DataFormatError(path, number, None, f"not UTF-8: byte {raw[exc.start:exc.start + 1]!r} at byte "
                                                    f"{exc.start + 1} of the line") from None
+
+
+def _parse_line(raw: bytes, path: Path, number: int) -> Any:
+    text = _decode_line(raw, path, number)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -225,15 +230,9 @@ def load_corpus(
         if remaining is not None and remaining <= 0:
             break
         if path.suffix == ".txt":
-            part = []
-            for number, raw in _lines(path):
-                if raw.strip() and (remaining is None or len(part) < remaining):
-                    try:
-                        text = raw.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        raise DataFormatError(path, number, None, f"not UTF-8: byte {raw[exc.start:exc.start + 1]!r} "
-                                                                   f"at byte {exc.start + 1} of the line") from None
-                    part.append({text_field: check_text(text, path, number, text_field)})
+            documents = itertools.islice(((n, raw) for n, raw in _lines(path) if raw.strip()), remaining)
+            part = [{text_field: check_text(_decode_line(raw, path, number), path, number, text_field)}
+                    for number, raw in documents]
             if not part:
                 raise DataFormatError(path, None, None, "empty dataset: the file holds no non-blank line")
         else:
