@@ -781,6 +781,106 @@ def single_process_deepspeed_env(skip_shm_build: bool = True) -> dict[str, str]:
     return values
 
 
+@dataclass(frozen=True)
+class RankPartition:
+    """Elements one data-parallel rank holds in a ZeRO run (measured, not predicted)."""
+
+    stage: int
+    rank: int
+    psi: int  #: parameters of the whole model
+    params: int  #: model-weight elements this rank stores between steps (ZeRO-3: its shard ``ds_tensor``)
+    grads: int  #: gradient elements held between two micro-steps of gradient accumulation
+    master: int  #: elements of this rank's fp32 master-weight partition (kept even in fp32 training)
+    optimizer: int  #: Adam moment elements (``exp_avg`` + ``exp_avg_sq``) in this rank's optimizer
+    largest: int  #: elements of the largest single parameter tensor (ZeRO-2 assigns whole tensors' gradients)
+    tensors: int  #: parameter tensors (each may add padding so that N divides the shards)
+
+
+def _numel(tensors: Iterable[Any]) -> int:
+    return sum(t.numel() for t in tensors if t is not None)
+
+
+def _zero_partition_worker(rank: int, world_size: int, port: int, config: Any, stages: tuple[int, ...],
+                           seed: int, queue: Any) -> None:
+    """One rank of ``measure_zero_partitions`` (a module-level function so that ``spawn`` can import it)."""
+    import os
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"})
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # DeepSpeed's banners and warnings; an exception still reaches the parent
+    os.dup2(devnull, 2)
+    import torch
+    import deepspeed
+    import deepspeed.ops
+    from transformers import AutoModelForCausalLM
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # plain gloo, no 80 s op build
+    for stage in stages:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+        psi = _numel(model.parameters())
+        largest = max(p.numel() for p in model.parameters())
+        tensors = len(list(model.parameters()))
+        ds_config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
+                     "zero_allow_untested_optimizer": True, "steps_per_print": 10**9,
+                     "zero_optimization": {"stage": stage, "reduce_bucket_size": 10**6, "allgather_bucket_size": 10**6,
+                                           # ZeRO-3 keeps parameters under 1e5 elements whole on every rank
+                                           # by default; 0 partitions every tensor
+                                           "stage3_param_persistence_threshold": 0}}
+        engine, optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), config=ds_config)
+        ids = torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(seed + rank))
+        engine.backward(engine(input_ids=ids, labels=ids).loss)  # micro-step 1 of 2: gradients are accumulated
+        if stage == 1:
+            grads = _numel(p.grad for p in model.parameters())  # full gradients until the accumulation boundary
+        elif stage == 2:
+            # DeepSpeed 0.19.8 accumulates the reduced gradients of the whole tensors overlapping this rank's shard
+            grads = _numel(optimizer.all_grad_tensors[0])
+        else:
+            grads = optimizer.grad_partitions_flat_buffer.numel()
+        engine.step()
+        engine.backward(engine(input_ids=ids, labels=ids).loss)
+        engine.step()  # boundary: the optimizer has stepped, its states exist
+        if stage < 3:
+            params = _numel(p.data for p in model.parameters())
+            master = _numel(optimizer.single_partition_of_fp32_groups)
+        else:
+            params = _numel(p.ds_tensor for p in model.parameters())
+            master = _numel(optimizer.fp32_partitioned_groups_flat)
+        moments = sum(t.numel() for state in optimizer.optimizer.state.values() for t in state.values()
+                      if torch.is_tensor(t) and t.dim() > 0)  # not the scalar ``step``
+        queue.put(RankPartition(stage, rank, psi, params, grads, master, moments, largest, tensors))
+        engine.destroy()
+        del engine, optimizer, model
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def measure_zero_partitions(config: Any, stages: tuple[int, ...] = (1, 2, 3), world_size: int = 2,
+                            seed: int = 0) -> list[RankPartition]:
+    """Run DeepSpeed ZeRO with ``world_size`` CPU processes (gloo) on a fresh model built from ``config`` and
+    return what each rank holds, sorted by (stage, rank).
+
+    Each stage trains one optimizer step of two accumulated micro-batches per rank with the Trainer's default
+    optimizer (``torch.optim.AdamW``, fp32); the gradient count is taken between the micro-steps, where
+    ZeRO-1 still keeps the full gradients, ZeRO-2 the whole tensors overlapping its shard and ZeRO-3 its flat shard."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    for stage in stages:
+        _check_stage(stage)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_zero_partition_worker, args=(world_size, port, config, tuple(stages), seed, queue),
+                       nprocs=world_size, start_method="spawn")
+    rows = [queue.get() for _ in range(world_size * len(stages))]
+    return sorted(rows, key=lambda r: (r.stage, r.rank))
+
+
 @contextmanager
 def _os_stderr_silenced():
     """Send file descriptor 2 (what child processes such as a C compiler write to) to /dev/null for a moment."""

@@ -211,3 +211,27 @@ def test_calculator_takes_an_exact_parameter_count_only_when_asked():
     assert box.estimate().setup["params"] == 494_032_768
     controls["model"].value = "Qwen2.5-7B"
     assert controls["params"].disabled
+
+
+@pytest.mark.slow
+def test_two_process_zero_partitions_match_the_paper():
+    """2 gloo processes: ZeRO-1 shards the fp32 master and Adam moments, ZeRO-2 also the gradients (whole tensors),
+    ZeRO-3 also the weights; DeepSpeed keeps an fp32 master shard even in fp32 training (K = 12)."""
+    pytest.importorskip("deepspeed")
+    from course_utils import models
+
+    rows = M.measure_zero_partitions(models.tiny_config(), stages=(1, 2, 3), world_size=2)
+    assert [(r.stage, r.rank) for r in rows] == [(s, k) for s in (1, 2, 3) for k in (0, 1)]
+    for r in rows:
+        assert r.psi <= 2 * r.master <= r.psi + 2 * r.tensors and r.optimizer == 2 * r.master
+        expected_params = r.master if r.stage == 3 else r.psi
+        assert r.params == expected_params
+        if r.stage == 1:
+            assert r.grads == r.psi
+        elif r.stage == 2:
+            assert r.psi / 2 <= r.grads <= min(r.psi, r.psi / 2 + 2 * r.largest)  # whole tensors overlapping
+        else:
+            assert r.grads == r.master
+    assert sum(r.grads for r in rows if r.stage == 2) < sum(r.grads for r in rows if r.stage == 1)
+    with pytest.raises(ValueError, match="stage"):
+        M.measure_zero_partitions(models.tiny_config(), stages=(4,))
