@@ -169,7 +169,8 @@ def load_model_and_tokenizer(
     precision with fp32 master weights (``autocast`` runs the matmuls in bf16/fp16) and compares against fp32
     references; pass ``"auto"`` to keep the stored dtype (inference only). ``head="reward"`` loads
     ``AutoModelForSequenceClassification(num_labels=1)`` on the same backbone (a new, ``seed``-initialised score
-    head) with ``config.pad_token_id`` set, as TRL's ``RewardTrainer`` needs. Hub models are loaded with
+    head) with ``config.pad_token_id`` set, as TRL's ``RewardTrainer`` needs; it refuses pad == eos (Qwen2.5 base
+    under ``template="model"``), which would pool the token before the final EOS. Hub models are loaded with
     ``trust_remote_code=False``: ``True`` would execute Python shipped with the checkpoint on your machine, so
     only enable it for code you have read.
     """
@@ -180,6 +181,14 @@ def load_model_and_tokenizer(
     if head not in ("causal-lm", "reward"):
         raise ValueError(f"head must be 'causal-lm' or 'reward', not {head!r}")
     tokenizer = load_tokenizer(name, template=template)
+    if head == "reward" and tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # pad == eos is fine for a causal LM here (every collator masks padding by position, never by id), but a
+        # sequence-classification head pools the rightmost non-pad token: a reply ending in EOS would be scored
+        # on the token before it, silently.
+        raise ValueError(
+            f"{name}: pad == eos ({tokenizer.pad_token!r}); a reward model reads its score at the rightmost non-pad "
+            "token, so it would skip the final EOS. Load with template='training' (EOS becomes <|im_end|>) or give "
+            "the tokenizer a dedicated pad token.")
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     if name == "tiny":
         if head != "causal-lm":

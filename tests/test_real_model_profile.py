@@ -80,6 +80,23 @@ def test_loading_gives_fp32_weights_and_one_training_template(standins):
         assert next(kept.parameters()).dtype == torch.bfloat16
 
 
+def test_pad_equal_to_eos_is_handled(standins):
+    """Qwen2.5 base ships pad == eos: allowed for a causal LM (labels are masked by position, so the EOS is trained),
+    refused for a reward head (it would pool the token before the final EOS); the training template separates them."""
+    from course_utils import collate
+
+    path = str(standins["qwen2-base"])
+    tokenizer = models.load_tokenizer(path, template="model")
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    ids = tokenizer("Hello")["input_ids"] + [tokenizer.eos_token_id]
+    batch = collate.causal_lm_collate([{"input_ids": ids}, {"input_ids": ids[:1]}], pad_id=tokenizer.pad_token_id)
+    assert batch["labels"][0, -1] == tokenizer.eos_token_id and (batch["labels"][1, 1:] == -100).all()
+    with pytest.raises(ValueError, match="pad == eos"):
+        models.load_model_and_tokenizer(path, head="reward", template="model")
+    model, tokenizer = models.load_model_and_tokenizer(path, head="reward")
+    assert model.config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
 def test_template_without_markers_is_a_clear_error(standins):
     from course_utils import sft
 
