@@ -269,24 +269,54 @@ def group_texts(examples: Mapping[str, list[list[int]]], block_size: int) -> dic
     return result
 
 
+def split_documents(dataset: "datasets.Dataset", test_size: float, seed: int = 0,
+                    text_field: str = "text") -> "datasets.DatasetDict":
+    """Split a corpus into ``train`` / ``test`` *documents* before packing, with every copy of a text on one side.
+
+    Packing first and splitting blocks second puts the two halves of a document cut by a block boundary on both
+    sides; splitting rows puts exact duplicates on both sides. Here the distinct texts are shuffled with ``seed``
+    and the first ``test_size`` of them (a fraction, as in ``train_test_split``) become the test side."""
+    import datasets
+    import numpy as np
+
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+    texts = dataset[text_field]
+    distinct = list(dict.fromkeys(texts))
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    n_test = max(1, round(test_size * len(distinct)))
+    test_texts = {distinct[i] for i in order[:n_test]}
+    test_rows = [i for i, text in enumerate(texts) if text in test_texts]
+    train_rows = [i for i, text in enumerate(texts) if text not in test_texts]
+    return datasets.DatasetDict(train=dataset.select(train_rows), test=dataset.select(test_rows))
+
+
 def tokenize_and_pack(
     dataset: "datasets.Dataset",
     tokenizer: "PreTrainedTokenizerBase",
     block_size: int = 128,
     text_field: str = "text",
     num_proc: int | None = None,
+    document_ids: bool = False,
 ) -> "datasets.Dataset":
-    """Tokenise a text dataset (``<|endoftext|>`` after each document) and pack it into fixed blocks."""
+    """Tokenise a text dataset (``<|endoftext|>`` after each document) and pack it into fixed blocks.
+
+    ``document_ids=True`` adds a ``document`` column: for every token of a block, the row index of the document it
+    came from (to tell which documents a split of the blocks trains on). Packing runs per ``map`` batch of 1,000
+    documents and drops each batch's remainder, as ``run_clm.py`` does."""
     from course_utils.tokenizer import ENDOFTEXT
 
     separator = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
 
-    def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+    def tokenize(batch: dict[str, list[str]], indices: list[int]) -> dict[str, list[list[int]]]:
         ids = tokenizer(batch[text_field], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [sequence + [separator] for sequence in ids]}
+        out = {"input_ids": [sequence + [separator] for sequence in ids]}
+        if document_ids:
+            out["document"] = [[index] * len(sequence) for index, sequence in zip(indices, out["input_ids"])]
+        return out
 
     tokenized = dataset.map(
-        tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc=None
+        tokenize, batched=True, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc, desc=None
     )
     return tokenized.map(
         group_texts, batched=True, fn_kwargs={"block_size": block_size}, num_proc=num_proc, desc=None

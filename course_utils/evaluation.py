@@ -3,9 +3,9 @@
 Notebook 11 teaches these steps ("训练完成后的动作": save, convert, verify, version) on every model the
 workbook trains; the functions work the same on a hub model such as ``Qwen/Qwen2.5-0.5B``.
 
-* evaluation: :func:`heldout_blocks` rebuilds the pretraining corpus' held-out split (the same
-  ``train_test_split(test_size=0.02, seed=0)`` of packed blocks as ``scripts/make_tiny_base.py`` and
-  ``scripts/pretrain.py``); :func:`evaluate_model` measures held-out perplexity, task accuracy on
+* evaluation: :func:`heldout_blocks` packs the pretraining documents the tiny base never trained on
+  (:func:`unseen_documents`: none of their tokens is in a training block of ``scripts/make_tiny_base.py``'s
+  ``train_test_split(test_size=0.02, seed=0)``); :func:`evaluate_model` measures held-out perplexity, task accuracy on
   ``data_samples/tasks_test.jsonl`` (scored by ``datagen.score_answer``) and a few greedy generations;
   :func:`evaluation_table` / :func:`generations_table` put several models side by side;
 * saving: :func:`save_model` (safetensors + tokenizer + ``metadata.json`` + model card), :func:`save_adapter`
@@ -19,6 +19,8 @@ workbook trains; the functions work the same on a hub model such as ``Qwen/Qwen2
 """
 
 from __future__ import annotations
+
+import functools
 
 import contextlib
 import copy
@@ -53,25 +55,48 @@ DEFAULT_GENERATION_PROMPTS: tuple[str, ...] = (
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
+def unseen_documents(corpus: str | Path | None = None, block_size: int = HELDOUT_BLOCK_SIZE,
+                     test_size: float = HELDOUT_TEST_SIZE, seed: int = HELDOUT_SEED) -> tuple[int, ...]:
+    """Row indices of the corpus documents the committed tiny base never trained on.
+
+    ``scripts/make_tiny_base.py`` packs the corpus with the tiny tokenizer and splits the *blocks*
+    (``train_test_split(test_size, seed)``). A document cut across a train and a test block was partly trained on, so
+    the test blocks alone are not held out (about 60 % of the documents they touch are also in training blocks). A
+    document is unseen when none of its tokens is in a training block and no exact copy of it is: the documents of
+    test blocks only, and the few whose tokens fell in a packing remainder.
+    """
+    from course_utils import tokenizer as tok
+    from course_utils.data import load_corpus, tokenize_and_pack
+
+    raw = load_corpus(Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl")
+    packed = tokenize_and_pack(raw, tok.load_tiny_tokenizer(DATA_DIR / "tiny_base"), block_size=block_size,
+                               document_ids=True)
+    trained = {d for block in packed.train_test_split(test_size=test_size, seed=seed)["train"]["document"]
+               for d in block}
+    texts = raw["text"]
+    trained_texts = {texts[d] for d in trained}  # an exact duplicate of a trained document is not unseen
+    return tuple(d for d in range(len(raw)) if d not in trained and texts[d] not in trained_texts)
+
+
 def heldout_blocks(tokenizer: Any, corpus: str | Path | None = None, block_size: int = HELDOUT_BLOCK_SIZE,
                    test_size: float = HELDOUT_TEST_SIZE, seed: int = HELDOUT_SEED,
                    max_blocks: int | None = None) -> "datasets.Dataset":
-    """The held-out packed blocks of the pretraining corpus, tokenised with ``tokenizer``.
+    """Packed blocks of the pretraining documents the tiny base never saw, tokenised with ``tokenizer``.
 
-    Packs the corpus exactly like ``scripts/make_tiny_base.py`` (``<|endoftext|>`` after each document, blocks of
-    ``block_size``) and returns the ``test`` side of ``train_test_split(test_size, seed)``: the blocks the tiny
-    base never saw. The split depends only on the number of blocks and the seed, so another tokenizer gives
-    another (still held-out-by-construction only for the tiny tokenizer) set of blocks.
+    The documents are :func:`unseen_documents` (decided with the tiny base's own tokenizer and split, so every model
+    is scored on the same texts); they are packed like the pretraining data (``<|endoftext|>`` after each document,
+    blocks of ``block_size``). Documents are chosen first and packed second, so no block mixes in trained text.
     """
     from course_utils.data import load_corpus, tokenize_and_pack
 
     corpus = Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl"
     raw = load_corpus(corpus)
-    packed = tokenize_and_pack(raw, tokenizer, block_size=block_size)
-    test = packed.train_test_split(test_size=test_size, seed=seed)["test"]
+    held = tokenize_and_pack(raw.select(unseen_documents(corpus, block_size, test_size, seed)), tokenizer,
+                             block_size=block_size)
     if max_blocks is not None:
-        test = test.select(range(min(max_blocks, len(test))))
-    return test
+        held = held.select(range(min(max_blocks, len(held))))
+    return held
 
 
 @dataclass
@@ -233,7 +258,7 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, *, arguments: Ma
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
-        model.save_pretrained(str(out), safe_serialization=True)
+        model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
     write_metadata(out, dict(arguments or {}), data_files, extra=extra)
     if card is not None:
@@ -264,7 +289,7 @@ def save_adapter(peft_model: Any, out_dir: str | Path, method: str = "library") 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if method == "library":
-        peft_model.save_pretrained(str(out), safe_serialization=True)
+        peft_model.save_pretrained(str(out))
     elif method == "scratch":
         state = {key: value.detach().cpu().contiguous() for key, value in get_peft_model_state_dict(peft_model).items()}
         save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -95,7 +95,7 @@ def main() -> None:
 
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(tok.ENDOFTEXT)]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(out), safe_serialization=True)
+    model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     import importlib.metadata as md
 
@@ -105,7 +105,8 @@ def main() -> None:
         "data_sha256": file_sha256(Path(args.corpus)),
         "num_parameters": model.num_parameters(),
         "train_loss_history": losses,
-        "final_train_loss": round(result.training_loss, 4),
+        "final_train_loss": losses[-1][1],  # the last logged loss
+        "mean_train_loss": round(result.training_loss, 4),  # Trainer's training_loss: the mean over the run
         "eval_loss": round(metrics["eval_loss"], 4),
         "seconds": round(time.time() - started, 1),
         "versions": {name: md.version(name) for name in ("torch", "transformers", "tokenizers", "datasets")},

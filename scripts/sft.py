@@ -127,7 +127,9 @@ def write_model_card(out: Path, metadata: dict) -> None:
     lines = [
         f"# {out.name}",
         "",
-        "A tiny Qwen2-architecture chat model fine-tuned (SFT, loss on assistant replies only) by",
+        "A tiny Qwen2-architecture chat model fine-tuned (SFT, loss on "
+        + ("every token, prompt included" if metadata["arguments"]["data"]["train_on_prompt"]
+           else "assistant replies only") + ") by",
         f"`{metadata['command']}` from `{metadata['base_model']}` on {metadata['num_train_examples']} conversations",
         f"({metadata['arguments']['data']['dataset']}). Chat template: ChatML (`<|im_start|>role ... <|im_end|>`);",
         "generation stops at `<|im_end|>`. Trained on CPU in about "
@@ -232,15 +234,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(ta.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
+    model.save_pretrained(str(out))
     if ft_args.finetuning_type == "lora" and ft_args.merge_lora:
-        model.merge_and_unload().save_pretrained(str(out / "merged"), safe_serialization=True)
+        model.merge_and_unload().save_pretrained(str(out / "merged"))
         tokenizer.save_pretrained(str(out / "merged"))
     if ft_args.finetuning_type == "full":
         im_end = tokenizer.convert_tokens_to_ids(tok.IM_END)
         model.generation_config.eos_token_id = [im_end]
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(str(out), safe_serialization=True)
+        model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
 
     data_files = [Path(data_args.dataset_dir) / entry["file_name"] for name, entry in
@@ -263,9 +265,10 @@ def main(argv: list[str] | None = None) -> dict:
         "dropped": dict(result.report.dropped),
         "trainable_parameters": trainable,
         "train_loss_history": result.losses,
-        "final_train_loss": round(result.train_loss, 4),
+        "final_train_loss": result.losses[-1][1] if result.losses else None,  # the last logged loss
+        "mean_train_loss": round(result.train_loss, 4),  # Trainer's training_loss: the mean over the run
         "task_accuracy": {"before": before, "after": after},
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(time.time() - started, 1),  # wall clock: loading, training, both evaluations, saving
         "device": str(resolved),
         "versions": {name: md.version(name) for name in ("torch", "transformers", "tokenizers", "peft")},
     }

@@ -202,3 +202,17 @@ def test_data_report_table_and_plot():
     matplotlib.use("Agg")
     fig = report.plot_lengths(bins=5)
     assert len(fig.axes) == 1
+
+
+def test_split_documents_keeps_every_copy_of_a_text_on_one_side():
+    import datasets
+
+    texts = [f"doc {i % 30}" for i in range(60)]  # every text twice
+    ds = datasets.Dataset.from_dict({"text": texts, "n": list(range(60))})
+    parts = data.split_documents(ds, test_size=0.2, seed=1)
+    train, test = set(parts["train"]["text"]), set(parts["test"]["text"])
+    assert not train & test and len(test) == 6 and len(parts["train"]) + len(parts["test"]) == 60
+    assert sorted(list(parts["train"]["n"]) + list(parts["test"]["n"])) == list(range(60))
+    assert list(data.split_documents(ds, test_size=0.2, seed=1)["test"]["n"]) == list(parts["test"]["n"])  # seeded
+    with pytest.raises(ValueError, match="fraction"):
+        data.split_documents(ds, test_size=5)

@@ -171,19 +171,28 @@ def test_evaluate_model_small(model, tokenizer):
     assert list(table.index) == ["random"] and "perplexity" in table.columns
 
 
-def test_heldout_split_matches_pretraining(tokenizer):
-    from datasets import load_dataset
-
+def test_heldout_documents_were_never_trained_on(tokenizer):
+    """The held-out documents share no token with make_tiny_base.py's training blocks and no text with a trained
+    document; the blocks the old evaluation used (a split of packed blocks) did share documents with training."""
     from course_utils import DATA_DIR
-    from course_utils.data import tokenize_and_pack
+    from course_utils import tokenizer as tok
+    from course_utils.data import load_corpus, tokenize_and_pack
 
-    raw = load_dataset("json", data_files=str(DATA_DIR / "pretrain_corpus.jsonl"), split="train")
-    packed = tokenize_and_pack(raw, tokenizer, block_size=128)
-    expected = packed.train_test_split(test_size=0.02, seed=0)
-    held = ev.heldout_blocks(tokenizer)
-    assert held["input_ids"][:3] == expected["test"]["input_ids"][:3]
-    train_first = {tuple(x) for x in expected["train"]["input_ids"][:2000]}
-    assert not any(tuple(x) in train_first for x in held["input_ids"])
+    raw = load_corpus(DATA_DIR / "pretrain_corpus.jsonl")
+    base_tokenizer = tok.load_tiny_tokenizer(DATA_DIR / "tiny_base")  # what make_tiny_base.py packed with
+    packed = tokenize_and_pack(raw, base_tokenizer, block_size=128, document_ids=True)
+    assert all(len(doc) == len(ids) for doc, ids in zip(packed["document"], packed["input_ids"]))
+    split = packed.train_test_split(test_size=0.02, seed=0)
+    trained = {d for block in split["train"]["document"] for d in block}
+    in_test_blocks = {d for block in split["test"]["document"] for d in block}
+    assert len(in_test_blocks & trained) / len(in_test_blocks) > 0.3  # the block split leaks
+    unseen = ev.unseen_documents()
+    texts = raw["text"]
+    trained_texts = {texts[d] for d in trained}
+    assert len(unseen) > 100 and not set(unseen) & trained and not {texts[d] for d in unseen} & trained_texts
+    held = ev.heldout_blocks(tokenizer)  # the same documents, packed with any tokenizer
+    again = tokenize_and_pack(raw.select(unseen), tokenizer, block_size=128)
+    assert len(held) > 20 and list(held["input_ids"]) == list(again["input_ids"])
 
 
 def test_llama_qk_permute_round_trips_and_interleaves_halves():

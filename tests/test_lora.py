@@ -124,7 +124,7 @@ def test_adapter_save_load_safetensors_and_switch(base, input_ids, tmp_path):
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
-    peft_model.save_pretrained(tmp_path / "a", safe_serialization=True)
+    peft_model.save_pretrained(tmp_path / "a")
     assert (tmp_path / "a" / "adapter_model.safetensors").exists()
     assert not (tmp_path / "a" / "adapter_model.bin").exists()
     peft_model.eval()
@@ -139,7 +139,7 @@ def test_adapter_save_load_safetensors_and_switch(base, input_ids, tmp_path):
     for name, param in other.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
-    other.save_pretrained(tmp_path / "b", safe_serialization=True)
+    other.save_pretrained(tmp_path / "b")
     loaded.load_adapter(tmp_path / "b", adapter_name="b")
     loaded.set_adapter("b")
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_adapter_save_load_safetensors_and_switch(base, input_ids, tmp_path):
 def test_automodel_with_causal_lm_task_breaks(base, tmp_path):
     from transformers import AutoModel
 
-    base.save_pretrained(tmp_path / "base", safe_serialization=True)
+    base.save_pretrained(tmp_path / "base")
     backbone = AutoModel.from_pretrained(tmp_path / "base")
     assert not hasattr(backbone, "lm_head")
     with pytest.raises(AttributeError, match="prepare_inputs_for_generation"):

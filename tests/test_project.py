@@ -172,3 +172,12 @@ def test_no_cell_relies_on_a_trailing_semicolon(path):
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     ending = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and "".join(c["source"]).rstrip().endswith(";")]
     assert not ending, ending
+
+
+def test_no_code_passes_the_removed_safe_serialization_argument():
+    """transformers 5 removed `save_pretrained(safe_serialization=...)` and swallows it silently (notebook 05 shows it);
+    safetensors is the default in transformers and PEFT, so the project's code does not pass it."""
+    files = [*ROOT.glob("course_utils/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py")]
+    offenders = [str(p.relative_to(ROOT)) for p in files if p.name != "test_project.py"
+                 and "safe_serialization=" in p.read_text(encoding="utf-8")]
+    assert not offenders, offenders

@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""What the embedded default teaches, measured against the learning-outcome goals (issue: a stronger default).
+
+Prints, for the committed models on this machine, each figure next to its goal and whether it is met:
+
+* perplexity: tiny-base on the pretraining documents it never trained on (``evaluation.unseen_documents``) next to
+  the old, contaminated measurement (test side of a split of packed blocks);
+* SFT: held-out task accuracy of ``tiny-sft`` (assistant-only loss) and ``tiny-sft-all-tokens`` per task type;
+* DPO: the policy's own log-prob preference accuracy and the per-kind log-prob margins before and after a DPO run
+  of notebook 10's recipe (``--dpo_steps``), on the held-out pairs.
+
+    python scripts/bench_outcomes.py                  # about 2 minutes on 2 CPU cores
+    python scripts/bench_outcomes.py --dpo_steps 0    # skip the DPO run
+
+Writes ``<output_dir>/bench_outcomes.json``. The LoRA-vs-full and PEFT figures come from ``scripts/bench_peft.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from course_utils import env  # noqa: E402
+
+env.setup_offline()
+
+#: The goals the embedded default is measured against.
+GOALS = {
+    "sft_heldout_accuracy": 0.80,  # over all checkable tasks, after SFT
+    "sft_min_task_accuracy": 0.50,  # every task type
+}
+
+
+@dataclass
+class OutcomeArguments:
+    output_dir: str = field(default="build/bench_outcomes", metadata={"help": "where bench_outcomes.json goes"})
+    dpo_steps: int = field(default=20, metadata={"help": "DPO steps of notebook 10's recipe (0 skips the run)"})
+    dpo_beta: float = 0.1
+    dpo_learning_rate: float = 5e-4
+    dpo_batch_size: int = 16
+    seed: int = 0
+
+
+def perplexity_figures() -> dict:
+    """tiny-base on never-trained documents vs on the test side of a block split (which shares documents)."""
+    from course_utils import DATA_DIR, data, evaluation, models, train
+
+    model, tokenizer = models.load_model_and_tokenizer("tiny-base")
+    unseen = evaluation.heldout_blocks(tokenizer)
+    raw = data.load_corpus(DATA_DIR / "pretrain_corpus.jsonl")
+    packed = data.tokenize_and_pack(raw, tokenizer, block_size=evaluation.HELDOUT_BLOCK_SIZE, document_ids=True)
+    split = packed.train_test_split(test_size=evaluation.HELDOUT_TEST_SIZE, seed=evaluation.HELDOUT_SEED)
+    trained = {d for block in split["train"]["document"] for d in block}
+    touched = {d for block in split["test"]["document"] for d in block}
+    _, ppl_unseen = train.perplexity(model, unseen, batch_size=16)
+    _, ppl_blocks = train.perplexity(model, split["test"].remove_columns("document"), batch_size=16)
+    return {"unseen_documents": len(evaluation.unseen_documents()), "unseen_blocks": len(unseen),
+            "perplexity_unseen_documents": round(ppl_unseen, 3), "perplexity_block_split": round(ppl_blocks, 3),
+            "block_split_documents_also_trained": round(len(touched & trained) / len(touched), 3)}
+
+
+def sft_figures() -> dict:
+    """Held-out task accuracy per task type of the two committed SFT models."""
+    from course_utils import models, sft
+
+    rows = sft.load_task_rows()
+    out = {}
+    for name in ("tiny-sft", "tiny-sft-all-tokens"):
+        model, tokenizer = models.load_model_and_tokenizer(name)
+        out[name] = {k: round(v, 4) for k, v in sft.task_accuracy(model, tokenizer, rows, by_task=True).items()}
+    return out
+
+
+def dpo_figures(args: OutcomeArguments) -> dict:
+    """Notebook 10's DPO recipe: the policy's own log-prob ranking and margins, before and after, held out."""
+    import torch
+    from trl import DPOConfig, DPOTrainer
+
+    from course_utils import DATA_DIR, models
+    from course_utils import preference as pref
+
+    policy, tokenizer = models.load_model_and_tokenizer("tiny-sft")
+    reference = copy.deepcopy(policy).eval()
+    train_rows, _ = pref.load_preference_rows(DATA_DIR / "preference_train.jsonl")
+    test_rows, _ = pref.load_preference_rows(DATA_DIR / "preference_test.jsonl")
+    ref_c, ref_r = pref.preference_logps(reference, tokenizer, test_rows)
+    device = next(policy.parameters()).device
+    config = DPOConfig(output_dir=str(env.cache_dir() / "bench_outcomes_dpo"),
+                       per_device_train_batch_size=args.dpo_batch_size, max_steps=args.dpo_steps,
+                       learning_rate=args.dpo_learning_rate, lr_scheduler_type="cosine", warmup_steps=5,
+                       logging_steps=5, beta=args.dpo_beta, max_length=256,
+                       **pref.quiet_trainer_kwargs(device, seed=args.seed))
+    trainer = pref.silence(DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
+                                      train_dataset=pref.rows_to_dataset(train_rows)))
+    trainer.train()
+    pol_c, pol_r = pref.preference_logps(policy, tokenizer, test_rows)
+    after = pref.dpo_metrics(pol_c, pol_r, ref_c, ref_r, beta=args.dpo_beta)
+    kinds = {}
+    for kind in sorted({r["rejected_kind"] for r in test_rows}):
+        idx = torch.tensor([i for i, r in enumerate(test_rows) if r["rejected_kind"] == kind])
+        kinds[kind] = {"n": len(idx),
+                       "logp_accuracy": [round((ref_c[idx] > ref_r[idx]).float().mean().item(), 3),
+                                         round((pol_c[idx] > pol_r[idx]).float().mean().item(), 3)],
+                       "logp_margin": [round((ref_c[idx] - ref_r[idx]).mean().item(), 3),
+                                       round((pol_c[idx] - pol_r[idx]).mean().item(), 3)]}
+    return {"steps": args.dpo_steps, "beta": args.dpo_beta,
+            "logp_accuracy": [round((ref_c > ref_r).float().mean().item(), 3), round(after["logp_accuracy"], 3)],
+            "implicit_reward_accuracy_after": round(after["reward_accuracy"], 3), "by_kind": kinds}
+
+
+def goal_rows(results: dict) -> list[tuple[str, str, str, bool]]:
+    """(figure, measured, goal, met) for the goals this script measures."""
+    rows = []
+    sft = results["sft"]["tiny-sft"]
+    tasks = {k: v for k, v in sft.items() if k != "all"}
+    rows.append(("SFT held-out accuracy (tiny-sft)", f"{sft['all']:.3f}", f">= {GOALS['sft_heldout_accuracy']}",
+                 sft["all"] >= GOALS["sft_heldout_accuracy"]))
+    worst = min(tasks, key=tasks.get)
+    rows.append(("SFT worst task type", f"{worst} {tasks[worst]:.3f}", f">= {GOALS['sft_min_task_accuracy']}",
+                 tasks[worst] >= GOALS["sft_min_task_accuracy"]))
+    ppl = results["perplexity"]
+    rows.append(("perplexity on never-trained documents", f"{ppl['perplexity_unseen_documents']:.2f}",
+                 "measured on unseen documents", ppl["unseen_documents"] > 0))
+    if "dpo" in results:
+        dpo = results["dpo"]
+        rows.append(("DPO log-prob preference accuracy", f"{dpo['logp_accuracy'][0]:.3f} -> {dpo['logp_accuracy'][1]:.3f}",
+                     "rises (not true by construction)", dpo["logp_accuracy"][1] > dpo["logp_accuracy"][0]))
+        for kind, k in dpo["by_kind"].items():
+            rows.append((f"DPO log-prob margin, rejected={kind}", f"{k['logp_margin'][0]:.2f} -> {k['logp_margin'][1]:.2f}",
+                         "widens", k["logp_margin"][1] > k["logp_margin"][0]))
+    return rows
+
+
+def main() -> None:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(OutcomeArguments).parse_args_into_dataclasses()
+    env.seed_everything(args.seed)
+    started = time.time()
+    results: dict = {"arguments": asdict(args)}
+    results["perplexity"] = perplexity_figures()
+    print("perplexity", json.dumps(results["perplexity"]), flush=True)
+    results["sft"] = sft_figures()
+    print("sft", json.dumps(results["sft"]), flush=True)
+    if args.dpo_steps > 0:
+        results["dpo"] = dpo_figures(args)
+        print("dpo", json.dumps(results["dpo"]), flush=True)
+    results["goals"] = [dict(zip(("figure", "measured", "goal", "met"), row)) for row in goal_rows(results)]
+    results["seconds"] = round(time.time() - started, 1)
+    print(f"\n{'figure':<42}{'measured':>22}  {'goal':<32}met")
+    for row in results["goals"]:
+        print(f"{row['figure']:<42}{row['measured']:>22}  {row['goal']:<32}{'yes' if row['met'] else 'NO'}")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_outcomes.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    print(f"\n{results['seconds']:.0f} s; wrote {out / 'bench_outcomes.json'}")
+    assert all(math.isfinite(results["perplexity"][k]) for k in ("perplexity_unseen_documents", "perplexity_block_split"))
+
+
+if __name__ == "__main__":
+    main()
