@@ -11,6 +11,7 @@ Prints, for the committed models on this machine, each figure next to its goal a
 
     python scripts/bench_outcomes.py                  # about 2 minutes on 2 CPU cores
     python scripts/bench_outcomes.py --dpo_steps 0    # skip the DPO run
+    python scripts/bench_outcomes.py --sft_seeds 3    # + both SFT recipes re-run with 3 seeds (~12 minutes)
 
 Writes ``<output_dir>/bench_outcomes.json``. The LoRA-vs-full and PEFT figures come from ``scripts/bench_peft.py``.
 """
@@ -45,6 +46,7 @@ class OutcomeArguments:
     dpo_beta: float = 0.1
     dpo_learning_rate: float = 5e-4
     dpo_batch_size: int = 16
+    sft_seeds: int = field(default=0, metadata={"help": "re-run both SFT recipes with seeds 0..N-1 (0: skip)"})
     seed: int = 0
 
 
@@ -115,6 +117,50 @@ def dpo_figures(args: OutcomeArguments) -> dict:
             "implicit_reward_accuracy_after": round(after["reward_accuracy"], 3), "by_kind": kinds}
 
 
+SFT_RECIPES = {"assistant-only": "configs/sft_tiny.yaml", "all-tokens": "configs/sft_tiny_all_tokens.yaml"}
+
+
+def sft_seed_figures(seeds: int, work_dir: Path) -> dict:
+    """Both SFT recipes re-run from tiny-base with ``--seed 0..seeds-1``: held-out accuracy per seed, mean, spread."""
+    import os
+    import statistics
+    import subprocess
+
+    from course_utils import PROJECT_ROOT
+
+    out: dict = {}
+    for recipe, config in SFT_RECIPES.items():
+        runs = []
+        for seed in range(seeds):
+            target = work_dir / f"sft_{recipe}_seed{seed}"
+            subprocess.run([sys.executable, "scripts/sft.py", config, "--seed", str(seed), "--output_dir", str(target)],
+                           cwd=PROJECT_ROOT, check=True, capture_output=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+            runs.append(json.loads((target / "metadata.json").read_text(encoding="utf-8"))["task_accuracy"]["after"])
+            print(f"  {recipe} seed {seed}: {runs[-1]}", flush=True)
+        out[recipe] = {"runs": runs, **{task: {"mean": round(statistics.mean(r[task] for r in runs), 4),
+                                               "stdev": round(statistics.stdev(r[task] for r in runs), 4)
+                                               if len(runs) > 1 else 0.0}
+                                        for task in runs[0]}}
+    return out
+
+
+SEED_COMPARISON_FILE = Path(__file__).resolve().parent.parent / "data_samples" / "sft_seed_comparison.json"
+
+
+def write_seed_comparison(results: dict, path: Path = SEED_COMPARISON_FILE) -> None:
+    """Commit-able record of the seed comparison that notebook 06 cites and checks (recipes, per-seed accuracy)."""
+    from course_utils import PROJECT_ROOT, train
+
+    record = {"command": "python scripts/bench_outcomes.py --sft_seeds "
+                         f"{len(results['sft_seeds']['assistant-only']['runs'])}",
+              "recipes": SFT_RECIPES,
+              "config_sha256": {name: train.file_sha256(PROJECT_ROOT / cfg) for name, cfg in SFT_RECIPES.items()},
+              "seeds": list(range(len(results["sft_seeds"]["assistant-only"]["runs"]))),
+              "accuracy": results["sft_seeds"]}
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
 def goal_rows(results: dict) -> list[tuple[str, str, str, bool]]:
     """(figure, measured, goal, met) for the goals this script measures."""
     rows = []
@@ -128,6 +174,12 @@ def goal_rows(results: dict) -> list[tuple[str, str, str, bool]]:
     ppl = results["perplexity"]
     rows.append(("perplexity on never-trained documents", f"{ppl['perplexity_unseen_documents']:.2f}",
                  "measured on unseen documents", ppl["unseen_documents"] > 0))
+    if "sft_seeds" in results:
+        a, b = results["sft_seeds"]["assistant-only"]["all"], results["sft_seeds"]["all-tokens"]["all"]
+        gap = a["mean"] - b["mean"]
+        spread = max(a["stdev"], b["stdev"])
+        rows.append(("assistant-only minus all-tokens (mean of seeds)", f"{gap:+.3f} (sd {spread:.3f})",
+                     ">= 3 seeds, gap vs spread", len(results["sft_seeds"]["assistant-only"]["runs"]) >= 3))
     if "dpo" in results:
         dpo = results["dpo"]
         rows.append(("DPO log-prob preference accuracy", f"{dpo['logp_accuracy'][0]:.3f} -> {dpo['logp_accuracy'][1]:.3f}",
@@ -149,6 +201,10 @@ def main() -> None:
     print("perplexity", json.dumps(results["perplexity"]), flush=True)
     results["sft"] = sft_figures()
     print("sft", json.dumps(results["sft"]), flush=True)
+    if args.sft_seeds > 0:
+        results["sft_seeds"] = sft_seed_figures(args.sft_seeds, Path(args.output_dir) / "runs")
+        print("sft_seeds", json.dumps({k: v["all"] for k, v in results["sft_seeds"].items()}), flush=True)
+        write_seed_comparison(results)
     if args.dpo_steps > 0:
         results["dpo"] = dpo_figures(args)
         print("dpo", json.dumps(results["dpo"]), flush=True)
