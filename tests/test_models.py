@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from course_utils import models, tokenizer
+from course_utils import env, models, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,10 @@ def test_autotokenizer_reload_gives_identical_ids():
 #: floating-point summation order (kernel, thread count) makes the trajectory drift (0.03 at most, measured).
 REBUILD_EXACT_UNTIL_STEP = 100
 REBUILD_LOSS_TOLERANCE = 0.1
-REBUILD_ACCURACY_TOLERANCE = 0.1
+#: Held-out accuracy after a drifted trajectory: overall within 0.05 (3 seeds: sd 0.015; another machine: 0.017);
+#: one task has only 60 items and moves more (3 seeds: sd up to 0.09; another machine: 0.083 on `add`).
+REBUILD_ACCURACY_TOLERANCE = 0.05
+REBUILD_TASK_TOLERANCE = 0.2
 
 
 @pytest.mark.slow
@@ -103,7 +106,6 @@ REBUILD_ACCURACY_TOLERANCE = 0.1
 def test_committed_sft_model_is_rebuilt_by_its_recipe(name, tmp_path):
     """`metadata.json`'s command re-run from scratch gives the committed loss history and held-out accuracy."""
     import json
-    import os
     import subprocess
     import sys
 
@@ -112,9 +114,10 @@ def test_committed_sft_model_is_rebuilt_by_its_recipe(name, tmp_path):
     committed = json.loads((models.LOCAL_MODELS[name] / "metadata.json").read_text(encoding="utf-8"))
     command = committed["command"].split()
     assert command[:2] == ["python", "scripts/sft.py"] and models.REBUILD_COMMANDS[name] == committed["command"]
-    subprocess.run([sys.executable, *command[1:], "--output_dir", str(tmp_path / "out")], cwd=PROJECT_ROOT,
-                   check=True, capture_output=True, timeout=900,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    done = subprocess.run([sys.executable, *command[1:], "--output_dir", str(tmp_path / "out")], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=1800,
+                          env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
+    assert done.returncode == 0, done.stderr[-3000:]
     rebuilt = json.loads((tmp_path / "out" / "metadata.json").read_text(encoding="utf-8"))
     assert [s for s, _ in rebuilt["train_loss_history"]] == [s for s, _ in committed["train_loss_history"]]
     for (step, new), (_, old) in zip(rebuilt["train_loss_history"], committed["train_loss_history"]):
@@ -123,7 +126,8 @@ def test_committed_sft_model_is_rebuilt_by_its_recipe(name, tmp_path):
     assert rebuilt["final_train_loss"] == rebuilt["train_loss_history"][-1][1]
     assert rebuilt["mean_train_loss"] > rebuilt["final_train_loss"]
     for task, old in committed["task_accuracy"]["after"].items():
-        assert abs(rebuilt["task_accuracy"]["after"][task] - old) <= REBUILD_ACCURACY_TOLERANCE, (name, task)
+        tolerance = REBUILD_ACCURACY_TOLERANCE if task == "all" else REBUILD_TASK_TOLERANCE
+        assert abs(rebuilt["task_accuracy"]["after"][task] - old) <= tolerance, (name, task, rebuilt["task_accuracy"])
 
 
 @pytest.mark.slow
@@ -132,7 +136,6 @@ def test_committed_tiny_base_is_rebuilt_by_its_recipe(tmp_path):
     the committed loss history and the held-out loss. Measured on another machine than the one that built it: 1e-4
     at step 100, at most 0.055 later (steps 900-1000), eval loss 0.9456 vs 0.9273."""
     import json
-    import os
     import subprocess
     import sys
 
@@ -142,9 +145,10 @@ def test_committed_tiny_base_is_rebuilt_by_its_recipe(tmp_path):
     committed = json.loads((base / "metadata.json").read_text(encoding="utf-8"))
     assert committed["command"].strip() == models.REBUILD_COMMANDS["tiny-base"]
     out = tmp_path / "base"
-    subprocess.run([sys.executable, "scripts/make_tiny_base.py", "--output_dir", str(out)], cwd=PROJECT_ROOT,
-                   check=True, capture_output=True, timeout=2400,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    done = subprocess.run([sys.executable, "scripts/make_tiny_base.py", "--output_dir", str(out)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=3600,
+                          env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
+    assert done.returncode == 0, done.stderr[-3000:]
     rebuilt = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
     assert (out / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
     assert [s for s, _ in rebuilt["train_loss_history"]] == [s for s, _ in committed["train_loss_history"]]
