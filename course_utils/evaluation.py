@@ -55,6 +55,21 @@ DEFAULT_GENERATION_PROMPTS: tuple[str, ...] = (
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def block_split_documents(corpus: str | Path | None = None, block_size: int = HELDOUT_BLOCK_SIZE,
+                          test_size: float = HELDOUT_TEST_SIZE, seed: int = HELDOUT_SEED) -> tuple[set[int], set[int]]:
+    """Row indices of the documents in the training blocks and in the test blocks of ``scripts/make_tiny_base.py``'s
+    split (packed with the tiny base's tokenizer, ``train_test_split`` of the blocks); the two sets overlap."""
+    from course_utils import tokenizer as tok
+    from course_utils.data import load_corpus, tokenize_and_pack
+
+    raw = load_corpus(Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl")
+    packed = tokenize_and_pack(raw, tok.load_tiny_tokenizer(DATA_DIR / "tiny_base"), block_size=block_size,
+                               document_ids=True)
+    split = packed.train_test_split(test_size=test_size, seed=seed)
+    return ({d for block in split["train"]["document"] for d in block},
+            {d for block in split["test"]["document"] for d in block})
+
+
 @functools.lru_cache(maxsize=4)
 def unseen_documents(corpus: str | Path | None = None, block_size: int = HELDOUT_BLOCK_SIZE,
                      test_size: float = HELDOUT_TEST_SIZE, seed: int = HELDOUT_SEED) -> tuple[int, ...]:
@@ -66,14 +81,10 @@ def unseen_documents(corpus: str | Path | None = None, block_size: int = HELDOUT
     document is unseen when none of its tokens is in a training block and no exact copy of it is: the documents of
     test blocks only, and the few whose tokens fell in a packing remainder.
     """
-    from course_utils import tokenizer as tok
-    from course_utils.data import load_corpus, tokenize_and_pack
+    from course_utils.data import load_corpus
 
     raw = load_corpus(Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl")
-    packed = tokenize_and_pack(raw, tok.load_tiny_tokenizer(DATA_DIR / "tiny_base"), block_size=block_size,
-                               document_ids=True)
-    trained = {d for block in packed.train_test_split(test_size=test_size, seed=seed)["train"]["document"]
-               for d in block}
+    trained, _ = block_split_documents(corpus, block_size, test_size, seed)
     texts = raw["text"]
     trained_texts = {texts[d] for d in trained}  # an exact duplicate of a trained document is not unseen
     return tuple(d for d in range(len(raw)) if d not in trained and texts[d] not in trained_texts)

@@ -57,12 +57,11 @@ def perplexity_figures() -> dict:
     model, tokenizer = models.load_model_and_tokenizer("tiny-base")
     unseen = evaluation.heldout_blocks(tokenizer)
     raw = data.load_corpus(DATA_DIR / "pretrain_corpus.jsonl")
-    packed = data.tokenize_and_pack(raw, tokenizer, block_size=evaluation.HELDOUT_BLOCK_SIZE, document_ids=True)
-    split = packed.train_test_split(test_size=evaluation.HELDOUT_TEST_SIZE, seed=evaluation.HELDOUT_SEED)
-    trained = {d for block in split["train"]["document"] for d in block}
-    touched = {d for block in split["test"]["document"] for d in block}
+    packed = data.tokenize_and_pack(raw, tokenizer, block_size=evaluation.HELDOUT_BLOCK_SIZE)
+    test_blocks = packed.train_test_split(test_size=evaluation.HELDOUT_TEST_SIZE, seed=evaluation.HELDOUT_SEED)["test"]
+    trained, touched = evaluation.block_split_documents()
     _, ppl_unseen = train.perplexity(model, unseen, batch_size=16)
-    _, ppl_blocks = train.perplexity(model, split["test"].remove_columns("document"), batch_size=16)
+    _, ppl_blocks = train.perplexity(model, test_blocks, batch_size=16)
     return {"unseen_documents": len(evaluation.unseen_documents()), "unseen_blocks": len(unseen),
             "perplexity_unseen_documents": round(ppl_unseen, 3), "perplexity_block_split": round(ppl_blocks, 3),
             "block_split_documents_also_trained": round(len(touched & trained) / len(touched), 3)}
