@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
@@ -101,30 +103,40 @@ REBUILD_ACCURACY_TOLERANCE = 0.05
 REBUILD_TASK_TOLERANCE = 0.2
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny-sft", "tiny-sft-all-tokens"])
-def test_committed_sft_model_is_rebuilt_by_its_recipe(name, tmp_path):
-    """`metadata.json`'s command re-run from scratch gives the committed loss history and held-out accuracy."""
+def _rerun(args: list[str], timeout: int) -> dict:
+    """Run a committed model's recipe (``scripts/...`` plus flags) in a clean child environment; its metadata.json."""
     import json
     import subprocess
     import sys
 
     from course_utils import PROJECT_ROOT
 
-    committed = json.loads((models.LOCAL_MODELS[name] / "metadata.json").read_text(encoding="utf-8"))
-    command = committed["command"].split()
-    assert command[:2] == ["python", "scripts/sft.py"] and models.REBUILD_COMMANDS[name] == committed["command"]
-    done = subprocess.run([sys.executable, *command[1:], "--output_dir", str(tmp_path / "out")], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=1800,
+    done = subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
                           env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
     assert done.returncode == 0, done.stderr[-3000:]
-    rebuilt = json.loads((tmp_path / "out" / "metadata.json").read_text(encoding="utf-8"))
+    return json.loads((Path(args[args.index("--output_dir") + 1]) / "metadata.json").read_text(encoding="utf-8"))
+
+
+def _assert_history_matches(rebuilt: dict, committed: dict, label: str) -> None:
+    """Same logged steps; losses to 1e-3 through REBUILD_EXACT_UNTIL_STEP, within REBUILD_LOSS_TOLERANCE after it."""
     assert [s for s, _ in rebuilt["train_loss_history"]] == [s for s, _ in committed["train_loss_history"]]
     for (step, new), (_, old) in zip(rebuilt["train_loss_history"], committed["train_loss_history"]):
         tolerance = 1e-3 if step <= REBUILD_EXACT_UNTIL_STEP else REBUILD_LOSS_TOLERANCE
-        assert abs(new - old) <= tolerance, (name, step, new, old)
-    assert rebuilt["final_train_loss"] == rebuilt["train_loss_history"][-1][1]
-    assert rebuilt["mean_train_loss"] > rebuilt["final_train_loss"]
+        assert abs(new - old) <= tolerance, (label, step, new, old)
+    assert rebuilt["final_train_loss"] == rebuilt["train_loss_history"][-1][1] < rebuilt["mean_train_loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-sft", "tiny-sft-all-tokens"])
+def test_committed_sft_model_is_rebuilt_by_its_recipe(name, tmp_path):
+    """`metadata.json`'s command re-run from scratch gives the committed loss history and held-out accuracy."""
+    import json
+
+    committed = json.loads((models.LOCAL_MODELS[name] / "metadata.json").read_text(encoding="utf-8"))
+    command = committed["command"].split()
+    assert command[:2] == ["python", "scripts/sft.py"] and models.REBUILD_COMMANDS[name] == committed["command"]
+    rebuilt = _rerun([*command[1:], "--output_dir", str(tmp_path / "out")], timeout=1800)
+    _assert_history_matches(rebuilt, committed, name)
     for task, old in committed["task_accuracy"]["after"].items():
         tolerance = REBUILD_ACCURACY_TOLERANCE if task == "all" else REBUILD_TASK_TOLERANCE
         assert abs(rebuilt["task_accuracy"]["after"][task] - old) <= tolerance, (name, task, rebuilt["task_accuracy"])
@@ -136,24 +148,12 @@ def test_committed_tiny_base_is_rebuilt_by_its_recipe(tmp_path):
     the committed loss history and the held-out loss. Measured on another machine than the one that built it: 1e-4
     at step 100, at most 0.055 later (steps 900-1000), eval loss 0.9456 vs 0.9273."""
     import json
-    import subprocess
-    import sys
-
-    from course_utils import PROJECT_ROOT
 
     base = models.LOCAL_MODELS["tiny-base"]
     committed = json.loads((base / "metadata.json").read_text(encoding="utf-8"))
     assert committed["command"].strip() == models.REBUILD_COMMANDS["tiny-base"]
     out = tmp_path / "base"
-    done = subprocess.run([sys.executable, "scripts/make_tiny_base.py", "--output_dir", str(out)], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=3600,
-                          env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    rebuilt = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    rebuilt = _rerun(["scripts/make_tiny_base.py", "--output_dir", str(out)], timeout=3600)
     assert (out / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
-    assert [s for s, _ in rebuilt["train_loss_history"]] == [s for s, _ in committed["train_loss_history"]]
-    for (step, new), (_, old) in zip(rebuilt["train_loss_history"], committed["train_loss_history"]):
-        tolerance = 1e-3 if step <= REBUILD_EXACT_UNTIL_STEP else REBUILD_LOSS_TOLERANCE
-        assert abs(new - old) <= tolerance, (step, new, old)
+    _assert_history_matches(rebuilt, committed, "tiny-base")
     assert abs(rebuilt["eval_loss"] - committed["eval_loss"]) <= 0.05
-    assert rebuilt["final_train_loss"] == rebuilt["train_loss_history"][-1][1] < rebuilt["mean_train_loss"]
