@@ -20,6 +20,7 @@ model card.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -117,8 +118,24 @@ def parse_arguments(argv: list[str]) -> tuple:
             hints = "".join(f"\n  {key}: use {SEED_KEYS[key]}" for key in unknown if key in SEED_KEYS)
             raise SystemExit(f"unknown keys in {argv[0]}: {unknown}{hints}")
         config.setdefault("output_dir", str(DATA_DIR / "tiny_sft"))
+        _coerce_numbers(config, parser, argv[0])
         return parser.parse_dict(config)
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _coerce_numbers(config: dict, parser, source: str) -> None:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; turn such values into the field's number type."""
+    types = {f.name: str(f.type) for cls in parser.dataclass_types for f in fields(cls)}
+    for key, value in config.items():
+        if not isinstance(value, str):
+            continue
+        for name, cast in (("float", float), ("int", int)):
+            if re.search(rf"\b{name}\b", types[key]) and "str" not in types[key]:
+                try:
+                    config[key] = cast(value)
+                except ValueError:
+                    raise SystemExit(f"{source}: {key} must be a number ({name}), got {value!r}") from None
+                break
 
 
 def write_model_card(out: Path, metadata: dict) -> None:

@@ -258,6 +258,13 @@ def test_script_parses_llamafactory_yaml(tmp_path):
     bad.write_text("stage: sft\nlora_targets: q_proj\n")
     with pytest.raises(SystemExit, match="lora_targets"):
         script.parse_arguments([str(bad)])
+    # YAML 1.1 reads 1e-3 (no dot) as a string; in the file or on the command line it must still be a float
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("stage: sft\nlearning_rate: 1e-3\n")
+    *_, training_args = script.parse_arguments([str(exp), "--weight_decay", "1e-1"])
+    assert training_args.learning_rate == 1e-3 and training_args.weight_decay == 0.1
+    with pytest.raises(SystemExit, match=r"exp.yaml: learning_rate must be a number \(float\), got 'fast'"):
+        script.parse_arguments([str(exp), "--learning_rate", "fast"])
 
 
 def test_committed_sft_runs_differ_only_in_train_on_prompt():
