@@ -1422,6 +1422,12 @@ python scripts/generate_data.py{seed_arg} --out data_samples/{scale_arg}
 `tests/test_datagen.py` checks that the committed files equal a fresh generation.
 Do not edit these files by hand; change the generator and regenerate instead.
 
+Also in this folder but **not** written by the generator (each records the command that made it):
+the models trained on these files (`tiny_base/` by `scripts/make_tiny_base.py`, `tiny_sft/` and
+`tiny_sft_all_tokens/` by `scripts/sft.py`, each with its `metadata.json`) and the measured records that
+notebooks read instead of re-running them (`sft_seed_comparison.json` by `scripts/bench_outcomes.py`,
+`peft_comparison.json` by `scripts/bench_peft.py`).
+
 ## Files
 
 Total size (without this README): {total:,} bytes ({_human_size(total)}).

@@ -280,10 +280,19 @@ def prepare_method(
     dropout: float = 0.0,
     num_virtual_tokens: int = 8,
     bottleneck: int = 16,
+    trainable_tokens: Sequence[int] = (),
 ) -> nn.Module:
-    """Return ``model`` set up for ``method`` (one of :data:`METHODS`); PEFT methods return a ``PeftModel``."""
+    """Return ``model`` set up for ``method`` (one of :data:`METHODS`); PEFT methods return a ``PeftModel``.
+
+    ``trainable_tokens`` (LoRA methods only) also trains those rows of the embedding (PEFT's
+    ``trainable_token_indices``; with tied embeddings the LM head's rows follow): for the chat template's special
+    tokens, which a base model pretrained on plain text has never seen (see :func:`chat_token_ids`).
+    """
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
+    tokens = list(trainable_tokens) or None
+    if tokens and method not in ("lora", "lora-all"):
+        raise ValueError(f"trainable_tokens is a LoRA option; {method!r} does not take it")
     if method == "full":
         for param in model.parameters():
             param.requires_grad_(True)
@@ -294,11 +303,11 @@ def prepare_method(
     configs: dict[str, Callable[[], Any]] = {
         "lora": lambda: LoraConfig(
             task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
-            target_modules=["q_proj", "v_proj"],
+            target_modules=["q_proj", "v_proj"], trainable_token_indices=tokens,
         ),
         "lora-all": lambda: LoraConfig(
             task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
-            target_modules="all-linear",
+            target_modules="all-linear", trainable_token_indices=tokens,
         ),
         "prefix": lambda: PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens),
         "prompt": lambda: PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens),
@@ -307,6 +316,14 @@ def prepare_method(
     if method not in configs:
         raise ValueError(f"unknown method {method!r}; known: {METHODS}")
     return get_peft_model(model, configs[method]())
+
+
+def chat_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the ChatML control tokens (``<|im_start|>``, ``<|im_end|>``) that frame every SFT example."""
+    ids = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    if None in ids or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids):
+        raise ValueError("the tokenizer has no ChatML tokens <|im_start|> / <|im_end|>")
+    return ids
 
 
 def pad_batch(examples: Sequence[dict[str, Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -417,12 +434,20 @@ def train_and_measure(
     steps: int,
     lr: float | None = None,
     seed: int = 0,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
 ) -> tuple[nn.Module, MethodResult]:
     """Train ``model`` (already prepared by :func:`prepare_method`) with AdamW for ``steps`` steps and measure.
 
-    Batches are cycled in order. Seconds per step exclude the first (warm-up) step. Memory figures are exact
-    byte counts of tensors (device-independent); on CUDA ``cuda_peak_bytes`` adds the allocator's peak.
+    Batches are cycled in order. ``schedule`` is ``"constant"`` or ``"cosine"`` (linear warm-up over
+    ``warmup_steps``, then cosine decay to 0, as Trainer's ``lr_scheduler_type="cosine"``). Seconds per step exclude
+    the first (warm-up) step. Memory figures are exact byte counts of tensors (device-independent); on CUDA
+    ``cuda_peak_bytes`` adds the allocator's peak.
     """
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     lr = lr if lr is not None else DEFAULT_LR.get(method, 1e-3)
@@ -430,6 +455,8 @@ def train_and_measure(
     params = [p for p in model.parameters() if p.requires_grad]
     unique_params = {id(p): p for p in model.parameters()}.values()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps) if schedule == "cosine"
+                 else get_constant_schedule_with_warmup(optimizer, warmup_steps))
     before = eval_loss(model, eval_batches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -451,6 +478,7 @@ def train_and_measure(
             raise FloatingPointError(f"{method}: non-finite loss {float(loss)} at step {step}")
         loss.backward()
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach().item())
     seconds = (time.perf_counter() - start) / max(steps - 1, 1)

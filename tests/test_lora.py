@@ -206,3 +206,48 @@ def test_nf4_codebook_and_arithmetic():
     assert lora.quantized_weight_bytes(64 * 256, double_quant=False) == 64 * 256 / 2 + 256 * 4
     bits = 8 * lora.quantized_weight_bytes(7_000_000_000) / 7_000_000_000
     assert 4.12 < bits < 4.13
+
+
+def test_trainable_tokens_train_only_the_chat_token_rows(base, tok):
+    """lora + trainable_tokens: LoRA matrices plus the ChatML rows of the (tied) embedding, nothing else."""
+    ids = lora.chat_token_ids(tok)
+    assert ids == tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    plain = lora.prepare_method("lora", copy.deepcopy(base))
+    model = lora.prepare_method("lora", copy.deepcopy(base), trainable_tokens=ids)
+    hidden = base.config.hidden_size
+    assert lora.count_trainable(model)[0] == lora.count_trainable(plain)[0] + len(ids) * hidden
+    batch = {"input_ids": torch.tensor([[ids[0], 10, 11, ids[1], 12]])}
+    batch["labels"] = batch["input_ids"].clone()
+    model(**batch).loss.backward()
+    deltas = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+    assert len(deltas) == 1 and deltas[0].shape == (len(ids), hidden) and deltas[0].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="LoRA option"):
+        lora.prepare_method("ia3", copy.deepcopy(base), trainable_tokens=ids)
+
+
+def test_train_and_measure_cosine_schedule_ends_at_zero(base, tok):
+    """schedule="cosine": warm-up then decay to 0 (Trainer's cosine); "constant" keeps the rate (the default)."""
+    examples = [{"input_ids": list(range(4, 20)), "labels": list(range(4, 20))} for _ in range(4)]
+    batches = lora.make_batches(examples, 2, tok.pad_token_id)
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        model = lora.prepare_method("lora", copy.deepcopy(base))
+        seen = []
+        original = torch.optim.AdamW.step
+
+        def step(self, *args, **kwargs):
+            seen.append(self.param_groups[0]["lr"])
+            return original(self, *args, **kwargs)
+
+        torch.optim.AdamW.step = step
+        try:
+            lora.train_and_measure("lora", model, batches, batches[:1], steps=6, lr=1e-2, schedule=schedule,
+                                   warmup_steps=2 if schedule == "cosine" else 0)
+        finally:
+            torch.optim.AdamW.step = original
+        rates[schedule] = seen
+    assert rates["constant"] == [1e-2] * 6
+    assert rates["cosine"][0] == 0.0 and rates["cosine"][2] == pytest.approx(1e-2)
+    assert all(a > b for a, b in zip(rates["cosine"][2:], rates["cosine"][3:])) and rates["cosine"][-1] < 2e-3
+    with pytest.raises(ValueError, match="schedule"):
+        lora.train_and_measure("lora", model, batches, batches[:1], steps=1, schedule="linear")
