@@ -16,8 +16,10 @@ minus ``--validation_rows`` rows set aside; the rate with the best validation ac
 loss) is that method's fitted rate, and its held-out test accuracy is the method's result. The test set never picks
 a rate. ``--record`` writes the whole grid as JSON; notebook 07 reads the committed record:
 
-    python scripts/bench_peft.py --fit_lr --max_steps 300 --schedule cosine --warmup_steps 20 \
-        --record data_samples/peft_comparison.json
+    python scripts/bench_peft.py --fit_lr --max_steps 300 --batch_size 32 --n_test 300 --schedule cosine \
+        --warmup_steps 20 --record data_samples/peft_comparison.json
+
+One ``--seed`` drives the validation split, the batch order and every method's initialisation.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +84,7 @@ def parse_method(spec: str, args: BenchArguments) -> tuple[str, int, float, bool
     """``"lora-all/r2+tokens"`` -> ``("lora-all", 2, 4.0, True)`` (see ``FIT_GRID``)."""
     from course_utils import lora
 
-    match = re.fullmatch(r"([a-z0-9-]+)(?:/r(\d+))?(\+tokens)?", spec)
+    match = re.fullmatch(r"([a-z0-9-]+)(?:/r([1-9]\d*))?(\+tokens)?", spec)
     if not match or match.group(1) not in lora.METHODS:
         raise SystemExit(f"unknown method {spec!r}: expected name[/rN][+tokens] with a name in {lora.METHODS}")
     name, rank, tokens = match.group(1), match.group(2), bool(match.group(3))
@@ -116,6 +119,8 @@ def main() -> int:
     test_rows = sft.load_task_rows(DATA_DIR / "tasks_test.jsonl")[: args.n_test]
     validation_rows: list = []
     if args.fit_lr:
+        if not 0 < args.validation_rows < len(train_rows):
+            raise SystemExit(f"--validation_rows must be between 1 and {len(train_rows) - 1}, got {args.validation_rows}")
         order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
         validation_rows = [train_rows[i] for i in order[: args.validation_rows]]
         train_rows = [train_rows[i] for i in sorted(order[args.validation_rows:])]
@@ -185,7 +190,7 @@ def main() -> int:
     if args.record:
         from course_utils.train import file_sha256
 
-        record = {"command": "python scripts/bench_peft.py " + " ".join(sys.argv[1:]),
+        record = {"command": "python scripts/bench_peft.py " + shlex.join(sys.argv[1:]),
                   "args": vars(args), "fit_grid": {m: list(FIT_GRID[m]) for m in methods},
                   "data_sha256": {name: file_sha256(DATA_DIR / name)
                                   for name in ("tasks_train.jsonl", "tasks_test.jsonl")},
