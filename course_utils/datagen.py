@@ -686,18 +686,14 @@ def make_pretrain_corpus(seed: int = DEFAULT_SEED, scale: float = 1.0) -> list[d
 
 _TASK_INSTR: dict[str, dict[str, tuple[str, ...]]] = {
     "add": {
-        "en": ("Add the two numbers. Answer with the number only.",
-               "What is the sum? Reply with just the number.",
-               "Compute the sum of the two numbers.",
+        "en": ("Add the two numbers.", "What is the sum?", "Compute the sum of the two numbers.",
                "Calculate the result."),
-        "zh": ("计算两个数的和，只回答数字。", "求和，只写结果。", "请算出结果，只写数字。", "两个数相加等于多少？"),
+        "zh": ("计算两个数的和。", "求和。", "请算出结果。", "两个数相加等于多少？"),
     },
     "sub": {
-        "en": ("Subtract the second number from the first. Answer with the number only.",
-               "What is the difference? Reply with just the number.",
-               "Compute the result of the subtraction.",
-               "Calculate the result."),
-        "zh": ("计算两个数的差，只回答数字。", "求差，只写结果。", "请算出减法的结果，只写数字。", "相减等于多少？"),
+        "en": ("Subtract the second number from the first.", "What is the difference?",
+               "Compute the result of the subtraction.", "Calculate the result."),
+        "zh": ("计算两个数的差。", "求差。", "请算出减法的结果。", "相减等于多少？"),
     },
     "first_letter": {
         "en": ("What is the first letter of the word? Answer with one letter.",
@@ -755,10 +751,11 @@ def _task_candidates(task: str, keys: list[Any], split: str) -> list[dict[str, s
             if task in ("add", "sub"):
                 a, b = key
                 ans = str(a + b if task == "add" else a - b)
+                reply = f"{a} {'+' if task == 'add' else '-'} {b} = {ans}"  # the corpus' drill line
                 for ins in _TASK_INSTR[task][lang]:
                     for inp in _TASK_INPUT[task][lang]:
                         rows.append(dict(task=task, lang=lang, instruction=ins,
-                                         input=inp.format(a=a, b=b), output=ans, answer=ans))
+                                         input=inp.format(a=a, b=b), output=reply, answer=ans))
             elif task == "first_letter":
                 for ins in _TASK_INSTR[task][lang]:
                     rows.append(dict(task=task, lang=lang, instruction=ins, input=key, output=key[0], answer=key[0]))
@@ -833,8 +830,10 @@ def extract_answer(task: str, prediction: str) -> str:
     line = next((ln for ln in prediction.splitlines() if ln.strip()), "")
     line = unicodedata.normalize("NFKC", line).strip()
     line = _PREFIX_RE.sub("", line).strip()
-    if task in ("add", "sub"):
-        m = re.search(r"-?\d+", line)
+    if task in ("add", "sub"):  # "3 + 4 = 7" -> the number after the last "="; otherwise the first number
+        if "=" not in line and re.match(r"-?\d+\s*[-+]\s*\d+", line):
+            return ""  # the problem restated without its result
+        m = re.search(r"-?\d+", line.rsplit("=", 1)[-1] if "=" in line else line)
         return str(int(m.group(0))) if m else ""
     if task in _FACT_REPLY:  # a restated reply ("The capital of X is Y.") -> "Y"
         line = _FACT_REPLY_RE[task].sub("", line, count=1)
@@ -1309,9 +1308,10 @@ def _wrong_answer(rng: random.Random, row: dict[str, str], world: list[Country],
             nums = [int(x) for x in re.findall(r"\d+", row["input"])]
             a, b = nums[0], nums[1]
             v = int(ans)
-            cand = str(rng.choice((v + 1, v - 1, v + 2, v - 2, a + b if task == "sub" else abs(a - b), v + 10)))
-            if cand.startswith("-"):
+            wrong = rng.choice((v + 1, v - 1, v + 2, v - 2, a + b if task == "sub" else abs(a - b), v + 10))
+            if wrong < 0:
                 continue
+            cand = f"{a} {'+' if task == 'add' else '-'} {b} = {wrong}"  # the gold reply's form, a wrong result
         elif task == "first_letter":
             w = row["input"]
             cand = rng.choice((w[-1], w[1] if len(w) > 1 else "x", rng.choice("abcdefghijklmnopqrstuvwxyz"),
