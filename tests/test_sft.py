@@ -255,7 +255,7 @@ def test_script_parses_llamafactory_yaml(tmp_path):
         [str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"), "--max_steps", "7", "--output_dir", str(tmp_path)])
     assert model_args.model_name_or_path == "tiny-base" and model_args.template == "chatml"
     assert ft_args.stage == "sft" and ft_args.finetuning_type == "lora" and ft_args.lora_target == "all"
-    assert ft_args.lora_rank == 32 and ft_args.merge_lora is True
+    assert ft_args.lora_rank == 8 and ft_args.merge_lora is True
     assert data_args.dataset == "tasks_train,sft_messages" and data_args.cutoff_len == 128
     assert training_args.max_steps == 7 and training_args.output_dir == str(tmp_path)
     _, _, lora, _ = script.parse_arguments([str(PROJECT_ROOT / "configs" / "sft_lora_example.yaml")])
@@ -291,6 +291,8 @@ def test_lora_run_saves_a_merged_model_and_its_adapter(tmp_path):
     script.main([str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"), "--dataset", "tasks_train", "--dataset_dir",
                  str(data), "--eval_tasks", "", "--max_steps", "2", "--warmup_steps", "0", "--logging_steps", "1",
                  "--output_dir", str(out)])
+    assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()  # full weights
+    assert (out / "adapter" / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     base, tokenizer = models.load_model_and_tokenizer("tiny-base")
     with_adapter = PeftModel.from_pretrained(base, out / "adapter").eval()
