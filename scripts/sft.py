@@ -145,10 +145,14 @@ def _coerce_numbers(config: dict, parser, source: str) -> None:
 def write_model_card(out: Path, metadata: dict) -> None:
     """A short README.md model card next to the weights."""
     acc = metadata.get("task_accuracy", {})
+    ft = metadata["arguments"]["finetuning"]
+    how = ("full fine-tuning" if ft["finetuning_type"] == "full" else
+           f"LoRA r={ft['lora_rank']}, alpha={ft['lora_alpha']} on `{ft['lora_target']}` linear layers"
+           + (", merged into the full weights (the adapter alone is in `adapter/`)" if ft.get("merge_lora") else ""))
     lines = [
         f"# {out.name}",
         "",
-        "A tiny Qwen2-architecture chat model fine-tuned (SFT, loss on "
+        f"A tiny Qwen2-architecture chat model fine-tuned ({how}; SFT, loss on "
         + ("every token, prompt included" if metadata["arguments"]["data"]["train_on_prompt"]
            else "assistant replies only") + ") by",
         f"`{metadata['command']}` from `{metadata['base_model']}` on {metadata['num_train_examples']} conversations",
@@ -225,17 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("task accuracy before SFT", before)
 
     if ft_args.finetuning_type == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        target = "all-linear" if ft_args.lora_target == "all" else [
-            name.strip() for name in ft_args.lora_target.split(",") if name.strip()]
-        from course_utils.lora import chat_token_ids
-
-        model = get_peft_model(model, LoraConfig(r=ft_args.lora_rank, lora_alpha=ft_args.lora_alpha,
-                                                 lora_dropout=ft_args.lora_dropout, target_modules=target,
-                                                 task_type="CAUSAL_LM",
-                                                 trainable_token_indices=(chat_token_ids(tokenizer)
-                                                                          if ft_args.lora_chat_tokens else None)))
+        model = sft.add_lora(model, tokenizer, asdict(ft_args), seed=training_args.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     ta = training_args

@@ -20,8 +20,8 @@ CONVERSATIONS = {
     "single": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}],
     "system_multi_turn": [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "把这个英文单词改成大写。\ncat"},
-        {"role": "assistant", "content": "CAT"},
+        {"role": "user", "content": "写出这个单词的首字母。\ncat"},
+        {"role": "assistant", "content": "c"},
         {"role": "user", "content": "And the first letter of dog?"},
         {"role": "assistant", "content": "d"},
         {"role": "user", "content": "哪条河流经柯丽兰？"},
@@ -318,6 +318,9 @@ def test_committed_sft_runs_differ_only_in_train_on_prompt():
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             assert meta["arguments"]["data"]["train_on_prompt"] is config["train_on_prompt"]
             assert meta["arguments"]["training"]["max_steps"] == config["max_steps"]
+            finetuning = meta["arguments"]["finetuning"]
+            for key in ("finetuning_type", "lora_target", "lora_rank", "lora_alpha", "merge_lora"):
+                assert finetuning[key] == config[key], (config["output_dir"], key)
 
 
 def test_stop_after_steps_keeps_the_schedule(tokenizer):
