@@ -61,7 +61,7 @@ def test_masks_cover_reply_and_im_end_only(tokenizer):
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     item = sft.encode_chat(CONVERSATIONS["system_multi_turn"], tokenizer)
     trained = [t for t in item["labels"] if t != IGNORE]
-    assert tokenizer.decode(trained) == "CAT<|im_end|>d<|im_end|>洛萨河流经柯丽兰。<|im_end|>"
+    assert tokenizer.decode(trained) == "c<|im_end|>d<|im_end|>洛萨河流经柯丽兰。<|im_end|>"
     short = sft.encode_chat(CONVERSATIONS["one_char_reply"], tokenizer)
     assert [t for t in short["labels"] if t != IGNORE][-1] == im_end
     with pytest.raises(DataFormatError, match="empty string"):  # an empty reply would train only <|im_end|>
