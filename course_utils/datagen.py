@@ -46,6 +46,7 @@ __all__ = [
     "make_sharegpt",
     "make_tasks",
     "score_answer",
+    "task_splits",
     "task_prompt",
     "world_facts",
 ]
@@ -53,7 +54,7 @@ __all__ = [
 DEFAULT_SEED: int = 0
 
 #: The checkable task types (small, closed answer spaces).
-TASK_TYPES: tuple[str, ...] = ("add", "sub", "upper", "first_letter", "capital")
+TASK_TYPES: tuple[str, ...] = ("add", "sub", "first_letter", "capital", "currency")
 #: ``data.read_jsonl`` schema of ``tasks_{train,test}.jsonl`` (``input`` may be empty).
 TASK_SCHEMA: dict[str, type] = {"id": str, "task": str, "instruction": str, "input": str, "output": str,
                                 "answer": str}
@@ -598,6 +599,62 @@ _PRETRAIN_SOURCES: tuple[tuple[str, Callable[[random.Random, list[Country], str]
 )
 
 
+_QA_TAG = {"en": ("Q: ", "A: "), "zh": ("问：", "答：")}
+_QA_FACT = {"en": {"capital": "What is the capital of {name}?", "currency": "What is the currency of {name}?"},
+            "zh": {"capital": "{name}的首都是哪里？", "currency": "{name}的货币是什么？"}}
+_QA_LETTER = {"en": "What is the first letter of {w}?", "zh": "{w}的首字母是什么？"}
+#: Documents per language that ground the checkable tasks (``_grounding_docs``), before ``scale``.
+_N_GROUNDING = {"drill": 1500, "qa": 1200, "spelling": 600, "qa_letters": 300}
+
+
+def _grounding_docs(seed: int, scale: float) -> list[dict[str, str]]:
+    """Pretraining documents that make the checkable tasks learnable by a 1.5M-parameter model.
+
+    * ``drill``: the whole small table (a + b for a, b <= 9; a - b for b <= a <= 19), test pairs included, as
+      ``a + b = c.`` lines: arithmetic the base knows before any SFT.
+    * ``spelling``: every word's first letter and spelling, test words included (a BPE token hides its letters).
+    * ``qa``: question-answer pages about the **train** countries, pairs and words only ("Q: What is the capital
+      of X?\nA: Y"). Knowledge stated only in sentences is hard to extract by a question; a corpus that also asks
+      about some entities teaches the model to answer questions about the others (Allen-Zhu & Li, "Physics of
+      Language Models 3.1", mixed training).
+    """
+    sp = task_splits(seed)
+    table = [(a, b, "+") for a in range(10) for b in range(10)] + [(a, b, "-") for a in range(20) for b in range(a + 1)]
+    train_items: list[tuple[str, Any, str]] = [("fact", c, k) for c in sp["countries"][0] for k in ("capital", "currency")]
+    train_items += [("sum", p, "+") for p in sp["add"][0]] + [("sum", p, "-") for p in sp["sub"][0]]
+    docs: list[dict[str, str]] = []
+    for lang in ("en", "zh"):
+        rng = _rng(seed, f"grounding-{lang}")
+        q_tag, a_tag = _QA_TAG[lang]
+        for _ in range(_n(_N_GROUNDING["drill"], scale, 2)):
+            text = " ".join(f"{a} {op} {b} = {a + b if op == '+' else a - b}." for a, b, op in rng.sample(table, 8))
+            docs.append({"text": text, "lang": lang, "source": "drill"})
+        for _ in range(_n(_N_GROUNDING["qa"], scale, 2)):
+            lines = []
+            for kind, x, k in rng.sample(train_items, 6):
+                if kind == "fact":
+                    sl = _slots(x, lang)
+                    lines.append(f"{q_tag}{_QA_FACT[lang][k].format(**sl)}\n{a_tag}{sl[k]}")
+                else:
+                    a, b = x
+                    lines.append(f"{q_tag}{a} {k} {b}\n{a_tag}{a + b if k == '+' else a - b}")
+            docs.append({"text": "\n".join(lines), "lang": lang, "source": "qa"})
+        for _ in range(_n(_N_GROUNDING["spelling"], scale, 2)):
+            parts = []
+            for w in rng.sample(_WORDS, 6):
+                if lang == "en":
+                    parts.append(f"The word {w} starts with the letter {w[0]}." if rng.random() < 0.5
+                                 else f"{w} is spelled {' '.join(w)}.")
+                else:
+                    parts.append(f"单词{w}的首字母是{w[0]}。" if rng.random() < 0.5 else f"{w}的拼写是{' '.join(w)}。")
+            docs.append({"text": (" " if lang == "en" else "").join(parts), "lang": lang, "source": "spelling"})
+        for _ in range(_n(_N_GROUNDING["qa_letters"], scale, 2)):
+            text = "\n".join(f"{q_tag}{_QA_LETTER[lang].format(w=w)}\n{a_tag}{w[0]}"
+                             for w in rng.sample(sp["words"][0], 6))
+            docs.append({"text": text, "lang": lang, "source": "qa"})
+    return docs
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
@@ -618,6 +675,7 @@ def make_pretrain_corpus(seed: int = DEFAULT_SEED, scale: float = 1.0) -> list[d
             row = {"text": fns[src](rng, world, lang), "lang": lang, "source": src}
             docs.append(row)
             size += len(_dumps(row).encode("utf-8")) + 1
+    docs += _grounding_docs(seed, scale)
     _rng(seed, "pretrain-shuffle").shuffle(docs)
     return docs
 
@@ -628,23 +686,14 @@ def make_pretrain_corpus(seed: int = DEFAULT_SEED, scale: float = 1.0) -> list[d
 
 _TASK_INSTR: dict[str, dict[str, tuple[str, ...]]] = {
     "add": {
-        "en": ("Add the two numbers. Answer with the number only.",
-               "What is the sum? Reply with just the number.",
-               "Compute the sum of the two numbers.",
+        "en": ("Add the two numbers.", "What is the sum?", "Compute the sum of the two numbers.",
                "Calculate the result."),
-        "zh": ("计算两个数的和，只回答数字。", "求和，只写结果。", "请算出结果，只写数字。", "两个数相加等于多少？"),
+        "zh": ("计算两个数的和。", "求和。", "请算出结果。", "两个数相加等于多少？"),
     },
     "sub": {
-        "en": ("Subtract the second number from the first. Answer with the number only.",
-               "What is the difference? Reply with just the number.",
-               "Compute the result of the subtraction.",
-               "Calculate the result."),
-        "zh": ("计算两个数的差，只回答数字。", "求差，只写结果。", "请算出减法的结果，只写数字。", "相减等于多少？"),
-    },
-    "upper": {
-        "en": ("Convert the word to uppercase.", "Write the word in capital letters.",
-               "Give the uppercase form of this word."),
-        "zh": ("把这个英文单词改成大写。", "将下面的单词转换为大写字母。", "写出这个单词的大写形式。"),
+        "en": ("Subtract the second number from the first.", "What is the difference?",
+               "Compute the result of the subtraction.", "Calculate the result."),
+        "zh": ("计算两个数的差。", "求差。", "请算出减法的结果。", "相减等于多少？"),
     },
     "first_letter": {
         "en": ("What is the first letter of the word? Answer with one letter.",
@@ -652,15 +701,25 @@ _TASK_INSTR: dict[str, dict[str, tuple[str, ...]]] = {
         "zh": ("这个单词的第一个字母是什么？只回答字母。", "写出这个单词的首字母。", "这个单词以哪个字母开头？"),
     },
     "capital": {
-        "en": ("Answer with the city name only.", "Reply with the name of the city."),
-        "zh": ("只回答城市名。", "请只写出城市的名字。"),
+        "en": ("Answer in one sentence.", "Reply with a short sentence."),
+        "zh": ("用一句话回答。", "请简短回答。"),
+    },
+    "currency": {
+        "en": ("Answer in one sentence.", "Reply with a short sentence."),
+        "zh": ("用一句话回答。", "请简短回答。"),
     },
 }
 _TASK_INPUT: dict[str, dict[str, tuple[str, ...]]] = {
     "add": {"en": ("{a} + {b}", "{a} plus {b}"), "zh": ("{a} + {b}", "{a}加{b}")},
     "sub": {"en": ("{a} - {b}", "{a} minus {b}"), "zh": ("{a} - {b}", "{a}减{b}")},
 }
-# Capital questions: the phrasings are split; test phrasings never occur in any train file.
+# Fact questions. The countries are split (``task_splits``): a test country's capital and currency are asked in no
+# train file, only stated in the pretraining corpus. Capital phrasings are split as well; test rows use both sets.
+_CURRENCY_Q = {
+    "en": ("What is the currency of {name}?", "Which currency do people use in {name}?",
+           "Name the currency of {name}.", "What money is used in {name}?"),
+    "zh": ("{name}的货币是什么？", "{name}使用哪种货币？", "请说出{name}的货币。", "{name}人用什么钱？"),
+}
 _CAPITAL_Q_TRAIN = {
     "en": ("What is the capital of {name}?", "Name the capital city of {name}.",
            "Which city is the capital of {name}?", "{name}'s capital is which city?"),
@@ -685,44 +744,56 @@ def _holdout(items: list[Any], rng: random.Random, frac_num: int = 1, frac_den: 
     return items[n_test:], items[:n_test]
 
 
-def _task_candidates(task: str, keys: list[Any], world: list[Country], split: str) -> list[dict[str, str]]:
+def _task_candidates(task: str, keys: list[Any], split: str) -> list[dict[str, str]]:
     rows = []
     for lang in ("en", "zh"):
         for key in keys:
             if task in ("add", "sub"):
                 a, b = key
                 ans = str(a + b if task == "add" else a - b)
+                reply = f"{a} {'+' if task == 'add' else '-'} {b} = {ans}"  # the corpus' drill line
                 for ins in _TASK_INSTR[task][lang]:
                     for inp in _TASK_INPUT[task][lang]:
                         rows.append(dict(task=task, lang=lang, instruction=ins,
-                                         input=inp.format(a=a, b=b), output=ans, answer=ans))
-            elif task in ("upper", "first_letter"):
-                ans = key.upper() if task == "upper" else key[0]
+                                         input=inp.format(a=a, b=b), output=reply, answer=ans))
+            elif task == "first_letter":
                 for ins in _TASK_INSTR[task][lang]:
-                    rows.append(dict(task=task, lang=lang, instruction=ins, input=key, output=ans, answer=ans))
-            else:  # capital
-                c = key
-                qs = (_CAPITAL_Q_TRAIN if split == "train" else _CAPITAL_Q_TEST)[lang]
-                ans = c.get("capital", lang)
+                    rows.append(dict(task=task, lang=lang, instruction=ins, input=key, output=key[0], answer=key[0]))
+            else:  # capital, currency: the reply restates the corpus' fact sentence
+                s = _slots(key, lang)
+                if task == "capital":
+                    qs = _CAPITAL_Q_TRAIN[lang] + (_CAPITAL_Q_TEST[lang] if split == "test" else ())
+                else:
+                    qs = _CURRENCY_Q[lang]
                 for ins in _TASK_INSTR[task][lang]:
                     for q in qs:
-                        rows.append(dict(task=task, lang=lang, instruction=ins,
-                                         input=q.format(name=c.get("name", lang)), output=ans, answer=ans))
+                        rows.append(dict(task=task, lang=lang, instruction=ins, input=q.format(name=s["name"]),
+                                         output=_FACT_REPLY[task][lang].format(**s), answer=s[task]))
     return rows
+
+
+def task_splits(seed: int = DEFAULT_SEED) -> dict[str, tuple[list[Any], list[Any]]]:
+    """``{kind: (train, test)}`` for ``add`` / ``sub`` operand pairs, ``words`` and ``countries``.
+
+    The one place the held-out items are chosen: the tasks, the chat rows, the Alpaca and preference files and the
+    corpus' question-answer pages all read it, so a test item is asked in no train file.
+    """
+    rng = _rng(seed, "tasks-split")
+    add = _holdout([(a, b) for a in range(10) for b in range(10)], rng)
+    sub = _holdout([(a, b) for a in range(20) for b in range(a + 1)], rng)
+    words = _holdout(sorted(_WORDS), rng)
+    countries = _holdout(build_world(seed), rng)
+    return {"add": add, "sub": sub, "words": words, "countries": countries}
 
 
 def make_tasks(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Return ``(train, test)`` checkable-task rows with held-out test prompts.
 
-    Held out: add/sub operand pairs, upper/first_letter words, capital question phrasings.
+    Held out: add/sub operand pairs, first_letter words, capital/currency countries (see ``task_splits``).
     """
-    world = build_world(seed)
-    rng = _rng(seed, "tasks-split")
-    add_tr, add_te = _holdout([(a, b) for a in range(10) for b in range(10)], rng)
-    sub_tr, sub_te = _holdout([(a, b) for a in range(20) for b in range(a + 1)], rng)
-    w_tr, w_te = _holdout(sorted(_WORDS), rng)
-    keys = {"add": (add_tr, add_te), "sub": (sub_tr, sub_te), "upper": (w_tr, w_te),
-            "first_letter": (w_tr, w_te), "capital": (world, world)}
+    sp = task_splits(seed)
+    keys = {"add": sp["add"], "sub": sp["sub"], "first_letter": sp["words"], "capital": sp["countries"],
+            "currency": sp["countries"]}
     out = []
     for si, (split, total) in enumerate((("train", _n(_N_TASKS_TRAIN, scale, 10)),
                                          ("test", _n(_N_TASKS_TEST, scale, 10)))):
@@ -730,7 +801,7 @@ def make_tasks(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple[list[dict[
         rows: list[dict[str, str]] = []
         for ti, task in enumerate(TASK_TYPES):
             n = total // len(TASK_TYPES) + (1 if ti < total % len(TASK_TYPES) else 0)
-            cands = _task_candidates(task, keys[task][si], world, split)
+            cands = _task_candidates(task, keys[task][si], split)
             rows.extend(srng.sample(cands, min(n, len(cands))))
         srng.shuffle(rows)
         prefix = "tr" if split == "train" else "te"
@@ -738,6 +809,16 @@ def make_tasks(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple[list[dict[
     return out[0], out[1]
 
 
+#: Gold replies of the fact tasks: the corpus' own sentence, so the model answers along the route it learned the
+#: fact by (``The capital of X is`` -> Y) instead of a new country -> city table fitted in SFT.
+_FACT_REPLY: dict[str, dict[str, str]] = {
+    "capital": {"en": "The capital of {name} is {capital}.", "zh": "{name}的首都是{capital}。"},
+    "currency": {"en": "The currency of {name} is the {currency}.", "zh": "{name}的货币是{currency}。"},
+}
+_FACT_REPLY_RE = {
+    "capital": re.compile(r"^(?:the capital of .+? is |.+?的首都是)", re.IGNORECASE),
+    "currency": re.compile(r"^(?:the currency of .+? is (?:the )?|.+?的货币是)", re.IGNORECASE),
+}
 _PREFIX_RE = re.compile(r"^(?:the answer is|answer|final answer|答案是|答案|答)\s*[:：]?\s*", re.IGNORECASE)
 _PUNCT = " \t.。!！?？,，;；:：'\"“”‘’()（）[]【】"
 
@@ -749,11 +830,15 @@ def extract_answer(task: str, prediction: str) -> str:
     line = next((ln for ln in prediction.splitlines() if ln.strip()), "")
     line = unicodedata.normalize("NFKC", line).strip()
     line = _PREFIX_RE.sub("", line).strip()
-    if task in ("add", "sub"):
-        m = re.search(r"-?\d+", line)
+    if task in ("add", "sub"):  # "3 + 4 = 7" -> the number after the last "="; otherwise the first number
+        if "=" not in line and re.match(r"-?\d+\s*[-+]\s*\d+", line):
+            return ""  # the problem restated without its result
+        m = re.search(r"-?\d+", line.rsplit("=", 1)[-1] if "=" in line else line)
         return str(int(m.group(0))) if m else ""
+    if task in _FACT_REPLY:  # a restated reply ("The capital of X is Y.") -> "Y"
+        line = _FACT_REPLY_RE[task].sub("", line, count=1)
     line = line.strip(_PUNCT)
-    if task in ("upper", "first_letter"):
+    if task == "first_letter":
         toks = line.split()
         return toks[0].strip(_PUNCT) if toks else ""
     return line
@@ -762,11 +847,11 @@ def extract_answer(task: str, prediction: str) -> str:
 def score_answer(task: str, prediction: str, answer: str) -> bool:
     """True if ``prediction`` answers ``task`` with ``answer`` (see ``extract_answer``).
 
-    add/sub: integer match; upper: exact, case-sensitive; first_letter: case-insensitive;
-    capital: case-insensitive match of the first line or of its first token.
+    add/sub: integer match; first_letter: case-insensitive; capital/currency: case-insensitive match of the first
+    line (after a restated "The capital of X is" / "X的首都是") or of its first token.
     """
     got = extract_answer(task, prediction)
-    if task in ("add", "sub", "upper"):
+    if task in ("add", "sub"):
         return got == answer.strip()
     if task == "first_letter":
         return got.casefold() == answer.strip().casefold()
@@ -951,7 +1036,7 @@ def _fullwidth(text: str) -> str:
 
 
 def _make_alpaca(seed: int, scale: float) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    world = build_world(seed)
+    world = task_splits(seed)["countries"][0]  # held-out countries are asked about in no train file
     rng = _rng(seed, "alpaca")
     total = _n(_N_ALPACA, scale, 40)
     counts = {k: max(1, (total * a) // b) for k, (a, b) in _DIRTY_FRACTIONS.items()}
@@ -1179,7 +1264,7 @@ def _chat_rounds(rng: random.Random, world: list[Country], by_lang: dict[str, li
 
 
 def _chat_rows(seed: int, stream: str, n: int) -> list[tuple[str, list[dict[str, str]]]]:
-    world = build_world(seed)
+    world = task_splits(seed)["countries"][0]  # held-out countries are asked about in no train file
     train, _ = make_tasks(seed, 1.0)
     by_lang = {lang: [t for t in train if t["lang"] == lang] for lang in ("en", "zh")}
     rng = _rng(seed, stream)
@@ -1215,26 +1300,27 @@ def make_sharegpt(seed: int = DEFAULT_SEED, scale: float = 1.0) -> list[dict[str
 # Preference pairs
 # ---------------------------------------------------------------------------
 
-def _wrong_answer(rng: random.Random, row: dict[str, str], world: list[Country]) -> str:
+def _wrong_answer(rng: random.Random, row: dict[str, str], world: list[Country], pool: list[Country]) -> str:
+    """A reply ``score_answer`` rejects; capital/currency take the wrong entity from ``pool``."""
     task, ans, lang = row["task"], row["answer"], row["lang"]
     for _ in range(100):
         if task in ("add", "sub"):
             nums = [int(x) for x in re.findall(r"\d+", row["input"])]
             a, b = nums[0], nums[1]
             v = int(ans)
-            cand = str(rng.choice((v + 1, v - 1, v + 2, v - 2, a + b if task == "sub" else abs(a - b), v + 10)))
-            if cand.startswith("-"):
+            wrong = rng.choice((v + 1, v - 1, v + 2, v - 2, a + b if task == "sub" else abs(a - b), v + 10))
+            if wrong < 0:
                 continue
-        elif task == "upper":
-            w = row["input"]
-            cand = rng.choice((w, w.capitalize(), w.upper()[:-1], rng.choice(_WORDS).upper(), w.upper()[::-1]))
+            cand = f"{a} {'+' if task == 'add' else '-'} {b} = {wrong}"  # the gold reply's form, a wrong result
         elif task == "first_letter":
             w = row["input"]
             cand = rng.choice((w[-1], w[1] if len(w) > 1 else "x", rng.choice("abcdefghijklmnopqrstuvwxyz"),
                                w[0].upper() + w[1:]))
-        else:
-            c = rng.choice(world)
-            cand = rng.choice((c.get("capital", lang), c.get("capital", lang), c.get("name", lang)))
+        else:  # the same sentence with another country's capital / currency (or the country's name)
+            asked = next(c for c in world if c.get(task, lang) == ans)
+            other = _slots(rng.choice(pool), lang)
+            wrong = rng.choice((other[task], other[task], other["name"] if task == "capital" else other["capital"]))
+            cand = _FACT_REPLY[task][lang].format(**(_slots(asked, lang) | {task: wrong}))
         if not score_answer(task, cand, ans):
             return cand
     raise RuntimeError("no wrong answer found")
@@ -1254,9 +1340,11 @@ def make_preference_pairs(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple
     ``score_answer`` accepts every ``chosen`` and rejects every ``rejected``.
     """
     world = build_world(seed)
+    train_countries = task_splits(seed)["countries"][0]  # a train pair names no held-out country, not even wrongly
     train, test = make_tasks(seed, 1.0)
     out = []
     for split, src, n in (("train", train, _n(_N_PREF_TRAIN, scale, 10)), ("test", test, _n(_N_PREF_TEST, scale, 5))):
+        pool = train_countries if split == "train" else world
         rng = _rng(seed, f"pref-{split}")
         picked = rng.sample(src, min(n, len(src)))
         rows = []
@@ -1265,7 +1353,7 @@ def make_preference_pairs(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple
                 rej = rng.choice(_VERBOSE[t["lang"]]).format(a=t["answer"])
                 kind = "verbose"
             else:
-                rej = _wrong_answer(rng, t, world)
+                rej = _wrong_answer(rng, t, world, pool)
                 kind = "wrong"
             rows.append({"id": f"pref-{split}-{i + 1:05d}", "task": t["task"], "lang": t["lang"],
                          "prompt": task_prompt(t), "chosen": t["output"], "rejected": rej,
@@ -1366,7 +1454,7 @@ def _human_size(n: int) -> str:
 
 
 _SCHEMAS: dict[str, str] = {
-    "pretrain": "`text` str, `lang` \"zh\" or \"en\", `source` \"facts\" / \"arithmetic\" / \"story\" / \"howto\"",
+    "pretrain": "`text` str, `lang` \"zh\" or \"en\", `source` \"facts\" / \"arithmetic\" / \"story\" / \"howto\" / \"drill\" / \"qa\" / \"spelling\"",
     "tasks_train": "`id`, `task` (one of TASK_TYPES), `lang`, `instruction`, `input`, `output` (gold text), `answer` (canonical)",
     "tasks_test": "same as tasks_train; held out (see below)",
     "alpaca_raw": "`id`, `instruction`, `input`, `output`, `category` — includes injected dirty rows",
@@ -1404,6 +1492,8 @@ def _render_readme(out_dir: Path, paths: dict[str, Path], seed: int, scale: floa
     pre, _ = read_jsonl(paths["pretrain"])
     zh_b = sum(len(_dumps(r).encode("utf-8")) + 1 for r in pre if r["lang"] == "zh")
     n_zh = sum(1 for r in pre if r["lang"] == "zh")
+    c_train, c_test = task_splits(seed)["countries"]
+    n_countries, n_test_countries = len(c_train) + len(c_test), len(c_test)
     return f"""# Sample data (generated)
 
 All files in this folder are **generated by this project** with
@@ -1442,11 +1532,14 @@ Chinese documents make up {zh_b:,} of its bytes.
 * `tasks_test.jsonl`: no (instruction, input) prompt of the test split occurs in any train file
   (`tasks_train`, `sft_messages`, `sharegpt_sample`, `alpaca_raw`, `preference_train`).
   * `add`, `sub`: the operand pairs of the test split never occur in train task rows.
-  * `upper`, `first_letter`: the test words never occur in train task rows.
-  * `capital`: the **countries are the same** (their facts are world knowledge stated in
-    the pretraining corpus); the **question phrasings** of the test split are held out.
-* The pretraining corpus states world facts and small arithmetic facts (including the
-  test pairs) as general knowledge; the held-out part is the instruction-following prompt.
+  * `first_letter`: the test words never occur in train task rows.
+  * `capital`, `currency`: the test **countries** ({n_test_countries} of {n_countries}) are asked about in no train
+    file (tasks, chat rows, Alpaca, ShareGPT, preference pairs); three capital phrasings are new as well.
+* The pretraining corpus states every fact, test items included, as general knowledge: world facts in
+  sentences, the whole small arithmetic table (`drill`), every word's spelling (`spelling`). Its
+  question-answer pages (`qa`) ask only about train countries, pairs and words. What a test row
+  checks is whether SFT taught the model to answer a question about something it read but was
+  never asked about.
 * Answers are checked with `course_utils.datagen.score_answer(task, prediction, answer)`.
 
 ## Task types (`TASK_TYPES`)
@@ -1455,9 +1548,9 @@ Chinese documents make up {zh_b:,} of its bytes.
 | --- | --- | --- | --- |
 | `add` | operand pairs (a, b), 0 ≤ a, b ≤ 9 | `7 + 5` / `7加5` | `12` |
 | `sub` | operand pairs (a, b), 0 ≤ b ≤ a ≤ 19 | `14 - 6` / `14减6` | `8` |
-| `upper` | words | `apple` | `APPLE` |
-| `first_letter` | words (same word split as `upper`) | `river` | `r` |
-| `capital` | question phrasings (countries shared) | `What is the capital of {{country}}?` | the capital's name (English or Chinese, matching `lang`) |
+| `first_letter` | words | `river` | `r` |
+| `capital` | countries (and 3 of 7 phrasings) | `What is the capital of {{country}}?` | `The capital of {{country}} is {{city}}.` (`answer`: the city) |
+| `currency` | countries | `What is the currency of {{country}}?` | `The currency of {{country}} is the {{currency}}.` (`answer`: the currency) |
 
 The prompt a model sees is `instruction + "\\n" + input` (`task_prompt(row)`); `output` is the
 gold answer text and `answer` the canonical string for `score_answer`.

@@ -313,7 +313,7 @@ def group_advantages(rewards: "torch.Tensor", group_size: int, scale: bool = Tru
 
 # ------------------------------------------------------------------------------------------------ TRL helpers
 def sampled_reward(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], samples: int = 8,
-                   temperature: float = 1.0, max_new_tokens: int = 8, seed: int = 0) -> float:
+                   temperature: float = 1.0, max_new_tokens: int = 16, seed: int = 0) -> float:
     """Mean 0/1 verifiable reward of ``samples`` sampled replies per checkable-task row (what GRPO maximises),
     measured on a fixed set of prompts with a fixed sampling seed, so before/after values are comparable."""
     from course_utils import datagen, sft

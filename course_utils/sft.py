@@ -467,6 +467,24 @@ def sft_collator(tokenizer: Any) -> Any:
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
 
+def add_lora(model: Any, tokenizer: Any, finetuning: Mapping[str, Any], seed: int = 0) -> Any:
+    """Wrap ``model`` with the LoRA adapters of a ``scripts/sft.py`` recipe (``metadata["arguments"]["finetuning"]``:
+    ``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``lora_target`` = ``"all"`` or ``"q_proj,v_proj"``,
+    ``lora_chat_tokens``). Seeds first, so the adapters' random init is the same wherever the recipe runs."""
+    from peft import LoraConfig, get_peft_model
+
+    from course_utils import env
+    from course_utils.lora import chat_token_ids
+
+    target = finetuning.get("lora_target", "all")
+    target = "all-linear" if target == "all" else [name.strip() for name in target.split(",") if name.strip()]
+    env.seed_everything(seed)
+    return get_peft_model(model, LoraConfig(
+        r=finetuning["lora_rank"], lora_alpha=finetuning["lora_alpha"], lora_dropout=finetuning.get("lora_dropout", 0.0),
+        target_modules=target, task_type="CAUSAL_LM",
+        trainable_token_indices=chat_token_ids(tokenizer) if finetuning.get("lora_chat_tokens") else None))
+
+
 def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Sequence[Mapping[str, str]]], *,
               train_on: str = "assistant", max_length: int = 256, max_steps: int = 200, num_train_epochs: float = 1.0,
               learning_rate: float = 1e-3, batch_size: int = 32, gradient_accumulation_steps: int = 1,

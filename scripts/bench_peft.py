@@ -71,7 +71,7 @@ FIT_GRID: dict[str, tuple[float, ...]] = {
     "full": (3e-4, 1e-3, 3e-3),
     "lora": (3e-3, 1e-2, 3e-2),
     "lora+tokens": (3e-3, 1e-2, 3e-2),
-    "lora-all": (1e-3, 3e-3, 1e-2),
+    "lora-all": (3e-3, 1e-2, 3e-2),
     "lora-all/r2+tokens": (3e-3, 1e-2, 3e-2),
     "adapter": (1e-3, 1e-2, 1e-1),
     "prefix": (3e-3, 3e-2, 1e-1),

@@ -34,7 +34,7 @@ class Arguments:
     block_size: int = field(default=128, metadata={"help": "packed sequence length"})
     batch_size: int = 16
     learning_rate: float = 3e-3
-    max_steps: int = 1500
+    max_steps: int = 3000
     warmup_steps: int = 100
     seed: int = 0
 

@@ -80,7 +80,11 @@ class FinetuningArguments:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    merge_lora: bool = field(default=False, metadata={"help": "also save the merged model (LoRA only)"})
+    lora_chat_tokens: bool = field(default=False, metadata={
+        "help": "also train the embedding rows of <|im_start|> / <|im_end|> (PEFT trainable_token_indices): "
+                "a base that never saw them in pretraining cannot learn to stop through LoRA alone"})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "LoRA only: save the merged full model in output_dir and the adapter in output_dir/adapter"})
 
 
 #: Keys of the lecture slides' LLaMA-Factory YAML that LLaMA-Factory (and this script) does not have -> the real ones.
@@ -141,10 +145,14 @@ def _coerce_numbers(config: dict, parser, source: str) -> None:
 def write_model_card(out: Path, metadata: dict) -> None:
     """A short README.md model card next to the weights."""
     acc = metadata.get("task_accuracy", {})
+    ft = metadata["arguments"]["finetuning"]
+    how = ("full fine-tuning" if ft["finetuning_type"] == "full" else
+           f"LoRA r={ft['lora_rank']}, alpha={ft['lora_alpha']} on `{ft['lora_target']}` linear layers"
+           + (", merged into the full weights (the adapter alone is in `adapter/`)" if ft.get("merge_lora") else ""))
     lines = [
         f"# {out.name}",
         "",
-        "A tiny Qwen2-architecture chat model fine-tuned (SFT, loss on "
+        f"A tiny Qwen2-architecture chat model fine-tuned ({how}; SFT, loss on "
         + ("every token, prompt included" if metadata["arguments"]["data"]["train_on_prompt"]
            else "assistant replies only") + ") by",
         f"`{metadata['command']}` from `{metadata['base_model']}` on {metadata['num_train_examples']} conversations",
@@ -221,13 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("task accuracy before SFT", before)
 
     if ft_args.finetuning_type == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        target = "all-linear" if ft_args.lora_target == "all" else [
-            name.strip() for name in ft_args.lora_target.split(",") if name.strip()]
-        model = get_peft_model(model, LoraConfig(r=ft_args.lora_rank, lora_alpha=ft_args.lora_alpha,
-                                                 lora_dropout=ft_args.lora_dropout, target_modules=target,
-                                                 task_type="CAUSAL_LM"))
+        model = sft.add_lora(model, tokenizer, asdict(ft_args), seed=training_args.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     ta = training_args
@@ -251,11 +253,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(ta.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    if ft_args.finetuning_type == "lora" and ft_args.merge_lora:
-        model.merge_and_unload().save_pretrained(str(out / "merged"))
-        tokenizer.save_pretrained(str(out / "merged"))
-    if ft_args.finetuning_type == "full":
+    if ft_args.finetuning_type == "lora":
+        # the adapter alone (a few hundred kB); with merge_lora the folder itself holds the merged full model, which
+        # loads like any checkpoint (AutoModelForCausalLM), and the adapter moves to output_dir/adapter
+        model.save_pretrained(str(out / "adapter" if ft_args.merge_lora else out))
+        if ft_args.merge_lora:
+            tokenizer.save_pretrained(str(out / "adapter"))
+            model = model.merge_and_unload()
+    if ft_args.finetuning_type == "full" or ft_args.merge_lora:
         im_end = tokenizer.convert_tokens_to_ids(tok.IM_END)
         model.generation_config.eos_token_id = [im_end]
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -89,7 +89,7 @@ def test_cli_small(tmp_path: Path) -> None:
 
 def test_sizes(full: dict[str, Path], data: dict[str, list[dict]]) -> None:
     total = sum(p.stat().st_size for p in full.values())
-    assert total < 5_000_000
+    assert total < 5_500_000  # the grounding documents (drill, qa, spelling) add ~1.4 MB to the corpus
     assert full["pretrain"].stat().st_size >= 2_200_000
     pre = data["pretrain"]
     zh = sum(len(json.dumps(r, ensure_ascii=False).encode()) for r in pre if r["lang"] == "zh")
@@ -117,7 +117,7 @@ def test_pretrain_schema(data: dict[str, list[dict]]) -> None:
         assert set(r) == {"text", "lang", "source"}
         assert r["lang"] in ("zh", "en") and isinstance(r["text"], str) and r["text"].strip()
         sources.add(r["source"])
-    assert sources == {"facts", "arithmetic", "story", "howto"}
+    assert sources == {"facts", "arithmetic", "story", "howto", "drill", "qa", "spelling"}
     texts = [r["text"] for r in data["pretrain"]]
     assert len(set(texts)) > 0.9 * len(texts)  # varied, not one sentence repeated
 
@@ -177,12 +177,25 @@ def test_task_splits_disjoint(data: dict[str, list[dict]]) -> None:
 
     for task in ("add", "sub"):
         assert not pairs(train, task) & pairs(test, task), task
-    for task in ("upper", "first_letter"):
-        words_tr = {r["input"] for r in train if r["task"] in ("upper", "first_letter")}
-        assert not words_tr & {r["input"] for r in test if r["task"] == task}, task
-    q_tr = {r["input"] for r in train if r["task"] == "capital"}
-    q_te = {r["input"] for r in test if r["task"] == "capital"}
-    assert not q_tr & q_te
+    words_tr = {r["input"] for r in train if r["task"] == "first_letter"}
+    assert not words_tr & {r["input"] for r in test if r["task"] == "first_letter"}
+    c_train, c_test = dg.task_splits()["countries"]
+    for task in ("capital", "currency"):
+        asked_tr = {r["answer"] for r in train if r["task"] == task}
+        asked_te = {r["answer"] for r in test if r["task"] == task}
+        assert asked_te and not asked_tr & asked_te, task  # new entities, not a new phrasing
+        assert asked_te <= {c.get(task, lang) for c in c_test for lang in ("en", "zh")}, task
+
+
+def test_held_out_countries_are_asked_in_no_train_file(data: dict[str, list[dict]]) -> None:
+    """A test country's name, capital and currency occur in no SFT/DPO train file; the corpus states them."""
+    _, c_test = dg.task_splits()["countries"]
+    held = {c.get(k, lang) for c in c_test for lang in ("en", "zh") for k in ("name", "capital", "currency")}
+    for name in ("tasks_train", "sft_messages", "sharegpt", "alpaca_raw", "preference_train"):
+        text = json.dumps(data[name], ensure_ascii=False)
+        assert not [h for h in held if h in text], name
+    corpus = json.dumps(data["pretrain"], ensure_ascii=False)
+    assert all(h in corpus for h in held)
 
 
 def test_no_test_prompt_in_training_files(data: dict[str, list[dict]]) -> None:
@@ -226,14 +239,18 @@ def test_preferences_checkable(data: dict[str, list[dict]]) -> None:
     ("add", "13", "12", False),
     ("add", "", "12", False),
     ("sub", "０", "0", True),
-    ("upper", "APPLE.", "APPLE", True),
-    ("upper", "apple", "APPLE", False),
     ("first_letter", "A", "a", True),
     ("first_letter", "apple", "a", False),
     ("capital", "saton.", "Saton", True),
     ("capital", "Saton is the capital.", "Saton", True),
     ("capital", "萨顿。", "萨顿", True),
     ("capital", "Paris", "Saton", False),
+    ("capital", "The capital of Torria is Saton.", "Saton", True),
+    ("capital", "The capital of Torria is Paris.", "Saton", False),
+    ("capital", "托里亚的首都是萨顿。", "萨顿", True),
+    ("currency", "The currency of Torria is the Vosu mark.", "Vosu mark", True),
+    ("currency", "托里亚的货币是沃苏马克。", "沃苏马克", True),
+    ("currency", "The currency of Torria is the Vosu leaf.", "Vosu mark", False),
 ])
 def test_score_answer_cases(task: str, pred: str, answer: str, ok: bool) -> None:
     assert dg.score_answer(task, pred, answer) is ok

@@ -92,15 +92,17 @@ def test_autotokenizer_reload_gives_identical_ids():
     assert (auto.pad_token, auto.eos_token) == ("<|pad|>", "<|im_end|>")
 
 
-#: A full re-run of a committed SFT recipe reproduces its loss history to 4 decimals on the machine type that built it
-#: (measured: two runs, identical), and on every machine tried through step 100; after that a different CPU's
-#: floating-point summation order (kernel, thread count) makes the trajectory drift (0.03 at most, measured).
-REBUILD_EXACT_UNTIL_STEP = 100
+#: A full re-run of a committed SFT recipe (LoRA r=8 on every linear layer, lr 1e-2) reproduces its loss history to 4
+#: decimals on the machine type that built it (measured: the committed run and bench_outcomes' seed-0 run, identical).
+#: Other CPU kernels change the floating-point summation order: with ATEN_CPU_CAPABILITY=default on the build machine
+#: the losses agree to 4e-4 through step 50, then drift by up to 0.016 (steps 75-200) and 0.003 at step 300.
+REBUILD_EXACT_UNTIL_STEP = 50
 REBUILD_LOSS_TOLERANCE = 0.1
-#: Held-out accuracy after a drifted trajectory: overall within 0.05 (3 seeds: sd 0.015; another machine: 0.017);
-#: one task has only 60 items and moves more (3 seeds: sd up to 0.09; another machine: 0.083 on `add`).
-REBUILD_ACCURACY_TOLERANCE = 0.05
-REBUILD_TASK_TOLERANCE = 0.2
+#: Held-out accuracy after a drifted trajectory (same run, ATEN_CPU_CAPABILITY=default): 0.787 vs 0.847 overall,
+#: capital -0.13 and first_letter -0.15 (60 items per task). Seeds move it far more (0.85 / 0.69 / 0.47: the
+#: arithmetic tasks collapse in two of three), so a rebuild that lands on another branch of that fork fails here.
+REBUILD_ACCURACY_TOLERANCE = 0.1
+REBUILD_TASK_TOLERANCE = 0.25
 
 
 def _rerun(args: list[str], timeout: int) -> dict:
@@ -144,9 +146,10 @@ def test_committed_sft_model_is_rebuilt_by_its_recipe(name, tmp_path):
 
 @pytest.mark.slow
 def test_committed_tiny_base_is_rebuilt_by_its_recipe(tmp_path):
-    """`python scripts/make_tiny_base.py` (about 13 minutes on 2 cores) gives the committed tokenizer byte for byte,
-    the committed loss history and the held-out loss. Measured on another machine than the one that built it: 1e-4
-    at step 100, at most 0.055 later (steps 900-1000), eval loss 0.9456 vs 0.9273."""
+    """`python scripts/make_tiny_base.py` (3000 steps, about 12 minutes on 2 cores) gives the committed tokenizer byte
+    for byte, the committed loss history and the held-out loss. Measured for the earlier 1500-step recipe on another
+    machine than the one that built it: 1e-4 at step 100, at most 0.055 later (steps 900-1000), eval loss 0.9456 vs
+    0.9273."""
     import json
 
     base = models.LOCAL_MODELS["tiny-base"]

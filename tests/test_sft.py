@@ -20,8 +20,8 @@ CONVERSATIONS = {
     "single": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}],
     "system_multi_turn": [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "把这个英文单词改成大写。\ncat"},
-        {"role": "assistant", "content": "CAT"},
+        {"role": "user", "content": "写出这个单词的首字母。\ncat"},
+        {"role": "assistant", "content": "c"},
         {"role": "user", "content": "And the first letter of dog?"},
         {"role": "assistant", "content": "d"},
         {"role": "user", "content": "哪条河流经柯丽兰？"},
@@ -61,7 +61,7 @@ def test_masks_cover_reply_and_im_end_only(tokenizer):
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     item = sft.encode_chat(CONVERSATIONS["system_multi_turn"], tokenizer)
     trained = [t for t in item["labels"] if t != IGNORE]
-    assert tokenizer.decode(trained) == "CAT<|im_end|>d<|im_end|>洛萨河流经柯丽兰。<|im_end|>"
+    assert tokenizer.decode(trained) == "c<|im_end|>d<|im_end|>洛萨河流经柯丽兰。<|im_end|>"
     short = sft.encode_chat(CONVERSATIONS["one_char_reply"], tokenizer)
     assert [t for t in short["labels"] if t != IGNORE][-1] == im_end
     with pytest.raises(DataFormatError, match="empty string"):  # an empty reply would train only <|im_end|>
@@ -241,15 +241,21 @@ def test_generate_and_accuracy_on_tiny_sft(tiny_sft):
     assert accuracy >= 0.3 and metadata["task_accuracy"]["after"]["all"] > metadata["task_accuracy"]["before"]["all"]
 
 
-def test_script_parses_llamafactory_yaml(tmp_path):
+def _sft_script():
     spec = importlib.util.spec_from_file_location("sft_script", PROJECT_ROOT / "scripts" / "sft.py")
     script = importlib.util.module_from_spec(spec)
     sys.modules["sft_script"] = script  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(script)
+    return script
+
+
+def test_script_parses_llamafactory_yaml(tmp_path):
+    script = _sft_script()
     model_args, data_args, ft_args, training_args = script.parse_arguments(
         [str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"), "--max_steps", "7", "--output_dir", str(tmp_path)])
     assert model_args.model_name_or_path == "tiny-base" and model_args.template == "chatml"
-    assert ft_args.stage == "sft" and ft_args.finetuning_type == "full"
+    assert ft_args.stage == "sft" and ft_args.finetuning_type == "lora" and ft_args.lora_target == "all"
+    assert ft_args.lora_rank == 8 and ft_args.merge_lora is True
     assert data_args.dataset == "tasks_train,sft_messages" and data_args.cutoff_len == 128
     assert training_args.max_steps == 7 and training_args.output_dir == str(tmp_path)
     _, _, lora, _ = script.parse_arguments([str(PROJECT_ROOT / "configs" / "sft_lora_example.yaml")])
@@ -267,6 +273,37 @@ def test_script_parses_llamafactory_yaml(tmp_path):
         script.parse_arguments([str(exp), "--learning_rate", "fast"])
 
 
+def test_lora_run_saves_a_merged_model_and_its_adapter(tmp_path):
+    """merge_lora: output_dir loads as a plain checkpoint and equals base + adapter; the adapter sits in adapter/."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from course_utils import models
+
+    script = _sft_script()
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [json.loads(line) for line in islice(open(DATA_DIR / "tasks_train.jsonl", encoding="utf-8"), 16)]
+    (data / "tasks_train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                            encoding="utf-8")
+    out = tmp_path / "out"
+    script.main([str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"), "--dataset", "tasks_train", "--dataset_dir",
+                 str(data), "--eval_tasks", "", "--max_steps", "2", "--warmup_steps", "0", "--logging_steps", "1",
+                 "--output_dir", str(out)])
+    assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()  # full weights
+    assert (out / "adapter" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    base, tokenizer = models.load_model_and_tokenizer("tiny-base")
+    with_adapter = PeftModel.from_pretrained(base, out / "adapter").eval()
+    ids = torch.tensor([tokenizer("The capital of").input_ids])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)
+        with with_adapter.disable_adapter():
+            base_logits = with_adapter(ids).logits
+        assert not torch.allclose(merged(ids).logits, base_logits, atol=1e-4)  # the two steps changed the model
+
+
 def test_committed_sft_runs_differ_only_in_train_on_prompt():
     """configs/sft_tiny.yaml and sft_tiny_all_tokens.yaml: the notebook-06 comparison changes one thing."""
     import yaml
@@ -281,6 +318,9 @@ def test_committed_sft_runs_differ_only_in_train_on_prompt():
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             assert meta["arguments"]["data"]["train_on_prompt"] is config["train_on_prompt"]
             assert meta["arguments"]["training"]["max_steps"] == config["max_steps"]
+            finetuning = meta["arguments"]["finetuning"]
+            for key in ("finetuning_type", "lora_target", "lora_rank", "lora_alpha", "merge_lora"):
+                assert finetuning[key] == config[key], (config["output_dir"], key)
 
 
 def test_stop_after_steps_keeps_the_schedule(tokenizer):
