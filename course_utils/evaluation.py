@@ -24,9 +24,11 @@ import functools
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 import warnings
@@ -41,6 +43,8 @@ from course_utils import DATA_DIR
 HELDOUT_BLOCK_SIZE: int = 128
 HELDOUT_TEST_SIZE: float = 0.02
 HELDOUT_SEED: int = 0
+#: Part of the key of :func:`unseen_documents`'s cached answer: bump it when the way the answer is computed changes.
+_UNSEEN_CACHE_VERSION: int = 1
 
 #: Default prompts shown side by side: two checkable tasks and one open question per language.
 DEFAULT_GENERATION_PROMPTS: tuple[str, ...] = (
@@ -80,14 +84,34 @@ def unseen_documents(corpus: str | Path | None = None, block_size: int = HELDOUT
     the test blocks alone are not held out (54 % of the documents they touch are also in training blocks). A
     document is unseen when none of its tokens is in a training block and no exact copy of it is: the documents of
     test blocks only, and the few whose tokens fell in a packing remainder.
-    """
-    from course_utils.data import load_corpus
 
-    raw = load_corpus(Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl")
+    Deciding this tokenises the whole corpus (~4 s on 2 cores), so the answer is kept in ``env.cache_dir()`` under a
+    key made of the corpus's and the tiny tokenizer's SHA-256 and the split's settings: a changed corpus, tokenizer
+    or setting is a new key, never a stale answer.
+    """
+    from course_utils import env
+    from course_utils.data import load_corpus
+    from course_utils.train import file_sha256
+
+    corpus_path = Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl"
+    key = hashlib.sha256(json.dumps([_UNSEEN_CACHE_VERSION, file_sha256(corpus_path),
+                                     file_sha256(DATA_DIR / "tiny_base" / "tokenizer.json"), block_size, test_size,
+                                     seed]).encode()).hexdigest()[:16]
+    cached = env.cache_dir() / "unseen_documents" / f"{key}.json"
+    try:
+        return tuple(json.loads(cached.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):  # not computed yet on this machine (or a damaged file): compute it
+        pass
+    raw = load_corpus(corpus_path)
     trained, _ = block_split_documents(corpus, block_size, test_size, seed)
     texts = raw["text"]
     trained_texts = {texts[d] for d in trained}  # an exact duplicate of a trained document is not unseen
-    return tuple(d for d in range(len(raw)) if d not in trained and texts[d] not in trained_texts)
+    unseen = tuple(d for d in range(len(raw)) if d not in trained and texts[d] not in trained_texts)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(unseen), encoding="utf-8")
+    partial.replace(cached)  # atomic: a notebook running at the same time reads the old file or the new one
+    return unseen
 
 
 def heldout_blocks(tokenizer: Any, corpus: str | Path | None = None, block_size: int = HELDOUT_BLOCK_SIZE,

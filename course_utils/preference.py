@@ -328,11 +328,18 @@ def sampled_reward(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]]
 def quiet_trainer_kwargs(device: "torch.device | str" = "cpu", seed: int = 0) -> dict[str, Any]:
     """TrainingArguments keywords shared by the TRL trainers of notebooks 09-11: seeded with the notebook's ``SEED``
     (model init, data order), silent, and the precision for ``device`` (TRL's configs default to ``bf16=True``,
-    which fails on a CPU without bf16 and emulates on a T4)."""
+    which fails on a CPU without bf16 and emulates on a T4).
+
+    TRL's configs also default to ``gradient_checkpointing=True`` (``TrainingArguments``: ``False``): the forward
+    pass is run a second time during the backward pass to keep fewer activations. On a CPU that buys nothing (the
+    workbook's models are small, host memory is not the limit) and costs time (notebook 10's 20 DPO steps: 15.6 s
+    with it, 14.3 s without, the same losses to the last digit), so it is off there; on
+    a GPU, where activation memory decides whether a real model fits, TRL's default stays."""
     from course_utils import env
 
     return dict(
         **env.trainer_precision_kwargs(device),
+        gradient_checkpointing=str(device) != "cpu",
         use_cpu=str(device) == "cpu",
         report_to="none",
         disable_tqdm=env.headless(),  # a person sees the progress bar; the runner and CI do not

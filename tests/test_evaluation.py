@@ -171,9 +171,10 @@ def test_evaluate_model_small(model, tokenizer):
     assert list(table.index) == ["random"] and "perplexity" in table.columns
 
 
-def test_heldout_documents_were_never_trained_on(tokenizer):
+def test_heldout_documents_were_never_trained_on(tokenizer, tmp_path, monkeypatch):
     """The held-out documents share no token with make_tiny_base.py's training blocks and no text with a trained
-    document; the blocks the old evaluation used (a split of packed blocks) did share documents with training."""
+    document; the blocks the old evaluation used (a split of packed blocks) did share documents with training.
+    Computed here (an empty cache), then answered from the cache with the same documents."""
     from course_utils import DATA_DIR
     from course_utils import tokenizer as tok
     from course_utils.data import load_corpus, tokenize_and_pack
@@ -186,7 +187,20 @@ def test_heldout_documents_were_never_trained_on(tokenizer):
     trained = {d for block in split["train"]["document"] for d in block}
     in_test_blocks = {d for block in split["test"]["document"] for d in block}
     assert len(in_test_blocks & trained) / len(in_test_blocks) > 0.3  # the block split leaks
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    ev.unseen_documents.cache_clear()
     unseen = ev.unseen_documents()
+    cached = list((tmp_path / "unseen_documents").glob("*.json"))
+    assert len(cached) == 1 and tuple(json.loads(cached[0].read_text())) == unseen
+    ev.unseen_documents.cache_clear()
+    monkeypatch.setattr(ev, "block_split_documents", lambda *a, **k: pytest.fail("the cached answer was not used"))
+    assert ev.unseen_documents() == unseen
+    cached[0].write_text("{not json")  # a damaged cache file is recomputed, never trusted
+    ev.unseen_documents.cache_clear()
+    with pytest.raises(pytest.fail.Exception, match="not used"):
+        ev.unseen_documents()
+    monkeypatch.undo()
+    ev.unseen_documents.cache_clear()
     texts = raw["text"]
     trained_texts = {texts[d] for d in trained}
     assert len(unseen) > 100 and not set(unseen) & trained and not {texts[d] for d in unseen} & trained_texts

@@ -149,3 +149,11 @@ def test_verifiable_reward_and_group_advantages():
     assert adv.shape == (8,)
     assert adv[:4].sum().abs() < 1e-5 and adv[0] > 0 > adv[1]
     assert torch.equal(adv[4:], torch.zeros(4))  # all-equal group: no learning signal
+
+
+def test_quiet_trainer_kwargs_checkpointing_off_on_cpu_only(tmp_path):
+    # TRL's configs default to gradient checkpointing (a second forward in every backward): on a CPU it only costs
+    from trl import DPOConfig
+
+    assert DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).gradient_checkpointing is True
+    assert _args(DPOConfig, tmp_path).gradient_checkpointing is False
