@@ -201,8 +201,14 @@ def test_peft_comparison_record_is_current():
 
 @pytest.mark.slow
 def test_committed_peft_comparison_is_rebuilt_by_its_recipe(tmp_path):
-    """The record's command, re-run for the under-2 % LoRA (three rates, about 3 minutes on 2 cores), gives each
-    grid point's validation and test accuracy within 0.05 (300 test rows) and the same fitted rate."""
+    """The record's command, re-run for the under-2 % LoRA (three rates, about 3 minutes on 2 cores), gives the fitted
+    rate and every smaller rate within 0.05 of the committed validation and test accuracy (300 test rows), and the
+    same fitted rate.
+
+    Rates above the fitted one sit at the edge of stability and are not reproducible across CPU kernels: 3e-2 gave
+    validation 0.52 with this machine's native (AVX-512) kernels when the record was made, and diverged (0.00-0.02,
+    loss 3.5-3.8) with ``ATEN_CPU_CAPABILITY=avx2``, ``=default`` and on the CI machine. For those the test checks
+    only what the fit depends on: they stay below the fitted rate's validation accuracy."""
     import json
     import subprocess
     import sys
@@ -219,8 +225,12 @@ def test_committed_peft_comparison_is_rebuilt_by_its_recipe(tmp_path):
     rebuilt = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))["methods"][method]
     committed = record["methods"][method]
     assert rebuilt["trainable_params"] == committed["trainable_params"]
+    fitted = next(p for p in rebuilt["grid"] if p["lr"] == committed["lr"])
     for new, old in zip(rebuilt["grid"], committed["grid"], strict=True):
         assert new["lr"] == old["lr"]
+        if new["lr"] > committed["lr"]:  # edge of stability: only "not better than the fitted rate" is reproducible
+            assert new["validation_accuracy"] <= fitted["validation_accuracy"] + 0.05, (new, fitted)
+            continue
         assert abs(new["validation_accuracy"] - old["validation_accuracy"]) <= 0.05, (new, old)
         assert abs(new["test_accuracy"]["all"] - old["test_accuracy"]["all"]) <= 0.05, (new, old)
     # the fitted rate: the same, or one whose committed validation accuracy is within the tolerance of the best
