@@ -11,7 +11,7 @@ tokenizer and templates, weights saved in bf16 as the hub checkpoints are):
 Each notebook that loads a causal LM is executed with ``MODEL=<stand-in>`` and the ``standin`` parameters of
 ``configs/notebook_profiles.json`` (small step counts) by the project's runner; it must finish with every assertion.
 Every such notebook runs on ``qwen2-instruct``; the other two stand-ins run where the notebook touches what makes them
-different (``STANDIN_MATRIX``), which keeps ``make test`` inside CI's 90 minutes (a notebook on a stand-in takes about
+different (``standin_kinds`` in ``configs/notebook_profiles.json``), which keeps ``make test`` inside CI's 90 minutes (a notebook on a stand-in takes about
 90 s on 2 cores). ``WORKBOOK_STANDINS=all`` runs every notebook on every stand-in.
 Marked ``realmodel`` and ``slow``; ``make test`` runs them (``make unit-fast`` skips them).
 """
@@ -37,24 +37,11 @@ import torch  # noqa: E402
 NOTEBOOKS = sorted(p.stem for p in (PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 MODEL_NOTEBOOKS = [n for n in NOTEBOOKS if memory.notebook_profiles()[n]["uses_model"]]
 
-#: Stand-ins besides ``qwen2-instruct`` per notebook, and why: ``qwen2-base`` (EOS = pad) where padding, masks, the
-#: reward model's last token or EOS handling are taught; ``llama`` (untied head, no biases, a template with generation
-#: markers) where the template's assistant mask, LoRA's trainable embedding rows, parameter counts or merging are.
-STANDIN_MATRIX: dict[str, tuple[str, ...]] = {
-    "00_environment": (),
-    "03_collate_and_batching": ("qwen2-base",),
-    "04_loss_and_label_shift": ("qwen2-base",),
-    "05_pretraining": ("qwen2-base",),
-    "06_sft_masking": ("qwen2-base", "llama"),
-    "07_lora": ("llama",),
-    "08_deepspeed_memory": ("llama",),
-    "09_reward_modeling": ("qwen2-base",),
-    "10_preference_alignment": ("qwen2-base",),
-    "11_evaluate_and_export": ("qwen2-base", "llama"),
-}
+#: (notebook, stand-in) pairs: each notebook's ``standin_kinds`` in configs/notebook_profiles.json (reasons in its
+#: ``_doc``), every stand-in for a notebook that names none or with ``WORKBOOK_STANDINS=all``.
 STANDIN_RUNS = [(notebook, kind) for notebook in MODEL_NOTEBOOKS for kind in models.STANDIN_KINDS
-                if os.environ.get("WORKBOOK_STANDINS") == "all" or kind == "qwen2-instruct"
-                or kind in STANDIN_MATRIX.get(notebook, models.STANDIN_KINDS)]
+                if os.environ.get("WORKBOOK_STANDINS") == "all"
+                or kind in memory.notebook_profiles()[notebook].get("standin_kinds", models.STANDIN_KINDS)]
 
 
 @pytest.fixture(scope="session")
@@ -197,8 +184,9 @@ def run_notebook(notebook: str, model: Path, out: Path) -> dict:
 
 def test_standin_matrix_covers_every_model_notebook():
     """A new model notebook runs on all three stand-ins until someone states which it needs."""
-    assert set(STANDIN_MATRIX) <= set(MODEL_NOTEBOOKS), set(STANDIN_MATRIX) - set(MODEL_NOTEBOOKS)
-    assert all(set(kinds) <= set(models.STANDIN_KINDS) - {"qwen2-instruct"} for kinds in STANDIN_MATRIX.values())
+    for notebook, profile in memory.notebook_profiles().items():
+        assert set(profile.get("standin_kinds", [])) <= set(models.STANDIN_KINDS), notebook
+        assert profile["uses_model"] or "standin_kinds" not in profile, notebook
     assert {notebook for notebook, kind in STANDIN_RUNS if kind == "qwen2-instruct"} == set(MODEL_NOTEBOOKS)
     assert {kind for _, kind in STANDIN_RUNS} == set(models.STANDIN_KINDS)
 
