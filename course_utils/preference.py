@@ -377,6 +377,109 @@ def rows_to_dataset(rows: Iterable[dict[str, Any]], conversational: bool = True)
     return Dataset.from_list(rows)
 
 
+# ------------------------------------------------------------------------------ notebook 10's runs and their record
+#: Notebook 10's beta sweep and GRPO runs at the record's length (``scripts/bench_outcomes.py --preference_runs``):
+#: the notebook re-runs a slice live and reads the rest from here.
+PREFERENCE_RUNS_FILE = "preference_runs.json"
+
+
+def dpo_config(output_dir: Any, *, beta: float, max_steps: int, batch_size: int, learning_rate: float,
+               device: "torch.device | str", seed: int = 0, **overrides: Any) -> Any:
+    """Notebook 10's ``DPOConfig``: cosine schedule after 5 warm-up steps, a log every 5 steps (fewer for short
+    runs), sequences up to 256 tokens, and :func:`quiet_trainer_kwargs` (seeded, precision for ``device``)."""
+    from trl import DPOConfig
+
+    kwargs = dict(output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_steps=max_steps,
+                  learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=5,
+                  logging_steps=max(1, min(5, max_steps // 2)), beta=beta, max_length=256,
+                  **quiet_trainer_kwargs(device, seed=seed))
+    kwargs.update(overrides)
+    return DPOConfig(**kwargs)
+
+
+def beta_sweep_point(policy: Any, reference: Any, tokenizer: Any, start_state: Mapping[str, Any],
+                     train_rows: Sequence[dict[str, Any]], test_rows: Sequence[dict[str, Any]],
+                     ref_logps: "tuple[torch.Tensor, torch.Tensor]", config: Any, seed: int = 0,
+                     task_rows: Sequence[Mapping[str, Any]] = ()) -> dict[str, float]:
+    """One point of notebook 10's beta sweep: ``policy`` restarted from ``start_state`` and trained for
+    ``config.max_steps`` DPO steps at ``config.beta`` on the first steps x batch pairs of ``train_rows``, then
+    measured on ``test_rows`` against the reference's log-probs ``ref_logps``.
+
+    Returns the log-ratio margin (the implicit-reward margin divided by beta, comparable across betas), the
+    implicit-reward accuracy, the drift ``mean |log pi(y_c) - log pi_ref(y_c)|``, the weight ``sigma(-beta * margin)``
+    the DPO gradient still gives a pair (~0.5 untrained, -> 0 saturated) and, with ``task_rows``, task accuracy."""
+    import torch
+    from trl import DPOTrainer
+
+    from course_utils import env, sft
+
+    policy.load_state_dict(start_state)
+    env.seed_everything(seed)
+    pairs = train_rows[: config.max_steps * config.per_device_train_batch_size]
+    trainer = silence(DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
+                                 train_dataset=rows_to_dataset(pairs)))
+    trainer.train()
+    chosen, rejected = preference_logps(policy, tokenizer, test_rows)
+    ref_c, ref_r = ref_logps
+    beta = config.beta
+    metrics = dpo_metrics(chosen, rejected, ref_c, ref_r, beta=beta)
+    point = {"beta": beta, "steps": config.max_steps, "logratio_margin": metrics["reward_margin"] / beta,
+             "reward_accuracy": metrics["reward_accuracy"], "drift": (chosen - ref_c).abs().mean().item(),
+             "grad_weight": torch.sigmoid(-beta * ((chosen - ref_c) - (rejected - ref_r))).mean().item()}
+    if task_rows:
+        point["task_accuracy"] = sft.task_accuracy(policy, tokenizer, task_rows)
+    return point
+
+
+def grpo_config(output_dir: Any, *, max_steps: int, learning_rate: float, device: "torch.device | str",
+                seed: int = 0, **overrides: Any) -> Any:
+    """Notebook 10's ``GRPOConfig``: 4 prompts x 8 sampled replies per step (batch 32), replies up to 12 tokens
+    (the longest gold answer is 11 plus ``<|im_end|>``), temperature 1.0, constant rate, a log every step, TRL's
+    default loss (``loss_type="dapo"``, ``beta=0.0``: no reference model)."""
+    from trl import GRPOConfig
+
+    kwargs = dict(output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=32,
+                  num_generations=8, max_completion_length=12, learning_rate=learning_rate,
+                  lr_scheduler_type="constant", logging_steps=1, temperature=1.0,
+                  **quiet_trainer_kwargs(device, seed=seed))
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)
+
+
+def grpo_practice_dataset(rows: Sequence[Mapping[str, Any]]) -> "datasets.Dataset":
+    """Checkable-task rows as GRPO prompts: a conversational ``prompt`` plus the ``task`` and ``answer`` columns
+    that TRL passes on to the reward function."""
+    from datasets import Dataset
+
+    from course_utils import sft
+
+    return Dataset.from_list([{"prompt": sft.task_to_messages(r, with_answer=False), "task": r["task"],
+                               "answer": r["answer"]} for r in rows])
+
+
+def grpo_run(policy: Any, tokenizer: Any, practice_rows: Sequence[Mapping[str, Any]], reward_funcs: list[Any],
+             config: Any, seed: int = 0, heldout_rows: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Notebook 10's GRPO demo: ``GRPOTrainer`` on ``practice_rows`` with ``reward_funcs``, and the sampled reward
+    on the same prompts (8 replies each, fixed sampling seed) before and after, so the two are comparable; with
+    ``heldout_rows`` also the greedy task accuracy after. Trains ``policy`` in place."""
+    from trl import GRPOTrainer
+
+    from course_utils import env, sft
+
+    before = sampled_reward(policy, tokenizer, practice_rows, samples=8, max_new_tokens=12, seed=seed)
+    env.seed_everything(seed)
+    trainer = silence(GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
+                                  train_dataset=grpo_practice_dataset(practice_rows)))
+    trainer.train()
+    run = {"learning_rate": config.learning_rate, "steps": config.max_steps,
+           "rewards": log_history(trainer, "reward"), "zero_std": log_history(trainer, "frac_reward_zero_std"),
+           "practice_reward": [before, sampled_reward(policy, tokenizer, practice_rows, samples=8,
+                                                      max_new_tokens=12, seed=seed)]}
+    if heldout_rows:
+        run["heldout_accuracy"] = sft.task_accuracy(policy, tokenizer, heldout_rows)
+    return run
+
+
 #: ``data.read_jsonl`` schema of ``data_samples/preference_{train,test}.jsonl``.
 PREFERENCE_SCHEMA: dict[str, type] = {"prompt": str, "chosen": str, "rejected": str}
 

@@ -12,6 +12,7 @@ Prints, for the committed models on this machine, each figure next to its goal a
     python scripts/bench_outcomes.py                  # about 2 minutes on 2 CPU cores
     python scripts/bench_outcomes.py --dpo_steps 0    # skip the DPO run
     python scripts/bench_outcomes.py --sft_seeds 3    # + both SFT recipes re-run with 3 seeds (~20 minutes)
+    python scripts/bench_outcomes.py --dpo_steps 0 --preference_runs   # notebook 10's sweep and GRPO record
 
 Writes ``<output_dir>/bench_outcomes.json``. The LoRA-vs-full and PEFT figures come from ``scripts/bench_peft.py``.
 """
@@ -47,6 +48,10 @@ class OutcomeArguments:
     dpo_learning_rate: float = 1e-4
     dpo_batch_size: int = 16
     sft_seeds: int = field(default=0, metadata={"help": "re-run both SFT recipes with seeds 0..N-1 (0: skip)"})
+    preference_runs: bool = field(default=False, metadata={
+        "help": "re-run notebook 10's beta sweep and GRPO runs at the record's length and write "
+                "data_samples/preference_runs.json (~3 minutes)"})
+    record_dir: str = field(default="data_samples", metadata={"help": "where --preference_runs writes its record"})
     seed: int = 0
 
 
@@ -82,7 +87,7 @@ def sft_figures() -> dict:
 def dpo_figures(args: OutcomeArguments) -> dict:
     """Notebook 10's DPO recipe: the policy's own log-prob ranking and margins, before and after, held out."""
     import torch
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from course_utils import DATA_DIR, models, sft
     from course_utils import preference as pref
@@ -95,11 +100,9 @@ def dpo_figures(args: OutcomeArguments) -> dict:
     task_before = sft.task_accuracy(reference, tokenizer, task_rows)
     ref_c, ref_r = pref.preference_logps(reference, tokenizer, test_rows)
     device = next(policy.parameters()).device
-    config = DPOConfig(output_dir=str(env.cache_dir() / "bench_outcomes_dpo"),
-                       per_device_train_batch_size=args.dpo_batch_size, max_steps=args.dpo_steps,
-                       learning_rate=args.dpo_learning_rate, lr_scheduler_type="cosine", warmup_steps=5,
-                       logging_steps=5, beta=args.dpo_beta, max_length=256,
-                       **pref.quiet_trainer_kwargs(device, seed=args.seed))
+    config = pref.dpo_config(env.cache_dir() / "bench_outcomes_dpo", beta=args.dpo_beta, max_steps=args.dpo_steps,
+                             batch_size=args.dpo_batch_size, learning_rate=args.dpo_learning_rate, device=device,
+                             seed=args.seed)
     trainer = pref.silence(DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
                                       train_dataset=pref.rows_to_dataset(train_rows)))
     trainer.train()
@@ -118,6 +121,66 @@ def dpo_figures(args: OutcomeArguments) -> dict:
             "task_accuracy": [round(task_before, 3), round(task_after, 3)],
             "logp_accuracy": [round((ref_c > ref_r).float().mean().item(), 3), round(after["logp_accuracy"], 3)],
             "implicit_reward_accuracy_after": round(after["reward_accuracy"], 3), "by_kind": kinds}
+
+
+#: The runs notebook 10 reads from ``data_samples/preference_runs.json`` (it re-runs a slice of them live).
+PREFERENCE_RUNS = {
+    "sweep": {"betas": [0.02, 0.2, 2.0], "steps": [5, 40], "batch_size": 16, "learning_rate": 1e-4,
+              "test_pairs": 100, "task_rows": 100},
+    "grpo": {"learning_rates": [5e-5, 1e-4, 2e-4], "steps": 20, "prompts": 32, "heldout_rows": 300},
+}
+#: The files a record depends on: a change to any of them makes the record stale (checked by notebook 10 and tests).
+PREFERENCE_INPUTS = ("data_samples/tiny_sft/model.safetensors", "data_samples/preference_train.jsonl",
+                     "data_samples/preference_test.jsonl", "data_samples/tasks_train.jsonl",
+                     "data_samples/tasks_test.jsonl")
+
+
+def preference_runs(seed: int = 0) -> dict:
+    """Notebook 10's beta sweep (every beta at every length, from the same SFT policy) and its GRPO demo at each
+    learning rate, with the settings in ``PREFERENCE_RUNS``."""
+    from course_utils import DATA_DIR, PROJECT_ROOT, datagen, models, sft, train
+    from course_utils import preference as pref
+
+    policy, tokenizer = models.load_model_and_tokenizer("tiny-sft")
+    device = next(policy.parameters()).device
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    start = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    train_rows, _ = pref.load_preference_rows(DATA_DIR / "preference_train.jsonl")
+    test_rows, _ = pref.load_preference_rows(DATA_DIR / "preference_test.jsonl")
+    task_test = sft.load_task_rows(DATA_DIR / "tasks_test.jsonl")
+    sweep_cfg, grpo_cfg = PREFERENCE_RUNS["sweep"], PREFERENCE_RUNS["grpo"]
+    sweep_test = test_rows[: sweep_cfg["test_pairs"]]
+    ref_logps = pref.preference_logps(reference, tokenizer, sweep_test)
+    points = []
+    for steps in sweep_cfg["steps"]:
+        for beta in sweep_cfg["betas"]:
+            config = pref.dpo_config(env.cache_dir() / "bench_outcomes_sweep", beta=beta, max_steps=steps,
+                                     batch_size=sweep_cfg["batch_size"], learning_rate=sweep_cfg["learning_rate"],
+                                     device=device, seed=seed)
+            point = pref.beta_sweep_point(policy, reference, tokenizer, start, train_rows, sweep_test, ref_logps,
+                                          config, seed=seed, task_rows=task_test[: sweep_cfg["task_rows"]])
+            points.append({k: round(v, 4) if isinstance(v, float) else v for k, v in point.items()})
+            print("  sweep", json.dumps(points[-1]), flush=True)
+    practice = sft.load_task_rows(DATA_DIR / "tasks_train.jsonl")[: grpo_cfg["prompts"]]
+    reward = pref.make_verifiable_reward(datagen.score_answer)
+    runs = []
+    for lr in grpo_cfg["learning_rates"]:
+        policy.load_state_dict(start)
+        config = pref.grpo_config(env.cache_dir() / "bench_outcomes_grpo", max_steps=grpo_cfg["steps"],
+                                  learning_rate=lr, device=device, seed=seed)
+        run = pref.grpo_run(policy, tokenizer, practice, [reward], config, seed=seed,
+                            heldout_rows=task_test[: grpo_cfg["heldout_rows"]])
+        runs.append({"learning_rate": lr, "steps": run["steps"],
+                     "rewards": [round(v, 4) for _, v in run["rewards"]],
+                     "zero_std": [round(v, 4) for _, v in run["zero_std"]],
+                     "practice_reward": [round(v, 4) for v in run["practice_reward"]],
+                     "heldout_accuracy": round(run["heldout_accuracy"], 4)})
+        print("  grpo", json.dumps({k: v for k, v in runs[-1].items() if k not in ("rewards", "zero_std")}), flush=True)
+    return {"command": "python scripts/bench_outcomes.py --dpo_steps 0 --preference_runs",
+            "settings": PREFERENCE_RUNS, "seed": seed,
+            "inputs_sha256": {name: train.file_sha256(PROJECT_ROOT / name) for name in PREFERENCE_INPUTS},
+            "sft_heldout_accuracy": round(sft.task_accuracy(reference, tokenizer, task_test[: grpo_cfg["heldout_rows"]]), 4),
+            "beta_sweep": points, "grpo": runs}
 
 
 SFT_RECIPES = {"assistant-only": "configs/sft_tiny.yaml", "all-tokens": "configs/sft_tiny_all_tokens.yaml"}
@@ -221,6 +284,13 @@ def main() -> None:
         results["sft_seeds"] = sft_seed_figures(args.sft_seeds, Path(args.output_dir) / "runs")
         print("sft_seeds", json.dumps({k: v["all"] for k, v in results["sft_seeds"].items()}), flush=True)
         write_seed_comparison(results)
+    if args.preference_runs:
+        record = preference_runs(args.seed)
+        from course_utils.preference import PREFERENCE_RUNS_FILE
+
+        target = Path(args.record_dir) / PREFERENCE_RUNS_FILE
+        target.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {target}", flush=True)
     if args.dpo_steps > 0:
         results["dpo"] = dpo_figures(args)
         print("dpo", json.dumps(results["dpo"]), flush=True)

@@ -162,19 +162,6 @@ def test_committed_tiny_base_is_rebuilt_by_its_recipe(tmp_path):
     assert abs(rebuilt["eval_loss"] - committed["eval_loss"]) <= 0.05
 
 
-def _bench_peft_script():
-    import importlib.util
-    import sys
-
-    from course_utils import PROJECT_ROOT
-
-    spec = importlib.util.spec_from_file_location("bench_peft_script", PROJECT_ROOT / "scripts" / "bench_peft.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["bench_peft_script"] = script  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(script)
-    return script
-
-
 def _peft_record() -> dict:
     import json
 
@@ -183,13 +170,13 @@ def _peft_record() -> dict:
     return json.loads((DATA_DIR / "peft_comparison.json").read_text(encoding="utf-8"))
 
 
-def test_peft_comparison_record_is_current():
+def test_peft_comparison_record_is_current(load_script):
     """data_samples/peft_comparison.json (notebook 07's fitted table) was made from today's task files and grid, and
     each method's rate is the one its validation accuracy picked (then the lower validation loss), never the test."""
     from course_utils import DATA_DIR
     from course_utils.train import file_sha256
 
-    record, script = _peft_record(), _bench_peft_script()
+    record, script = _peft_record(), load_script("bench_peft")
     assert record["command"].startswith("python scripts/bench_peft.py --fit_lr ")
     assert record["data_sha256"] == {name: file_sha256(DATA_DIR / name) for name in record["data_sha256"]}
     assert record["fit_grid"] == {m: list(lrs) for m, lrs in script.FIT_GRID.items()}

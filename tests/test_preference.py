@@ -157,3 +157,68 @@ def test_quiet_trainer_kwargs_checkpointing_off_on_cpu_only(tmp_path):
 
     assert DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).gradient_checkpointing is True
     assert _args(DPOConfig, tmp_path).gradient_checkpointing is False
+
+
+def _preference_runs_record() -> dict:
+    import json
+
+    from course_utils import DATA_DIR
+
+    return json.loads((DATA_DIR / pref.PREFERENCE_RUNS_FILE).read_text(encoding="utf-8"))
+
+
+def test_preference_runs_record_is_current(load_script):
+    """data_samples/preference_runs.json (notebook 10's beta sweep and GRPO runs) was made from today's SFT policy and
+    data with the script's settings, and notebook 10's default parameters are the ones it records."""
+    import json
+
+    from course_utils import PROJECT_ROOT
+    from course_utils.train import file_sha256
+
+    record, script = _preference_runs_record(), load_script("bench_outcomes")
+    assert record["settings"] == json.loads(json.dumps(script.PREFERENCE_RUNS))
+    assert set(record["inputs_sha256"]) == set(script.PREFERENCE_INPUTS)
+    assert record["inputs_sha256"] == {name: file_sha256(PROJECT_ROOT / name) for name in record["inputs_sha256"]}
+    sweep, grpo = record["settings"]["sweep"], record["settings"]["grpo"]
+    assert [(p["steps"], p["beta"]) for p in record["beta_sweep"]] == [(s, b) for s in sweep["steps"] for b in sweep["betas"]]
+    assert [r["learning_rate"] for r in record["grpo"]] == grpo["learning_rates"]
+    assert all(len(r["rewards"]) == len(r["zero_std"]) == grpo["steps"] for r in record["grpo"])
+    notebook = json.loads((PROJECT_ROOT / "notebooks" / "10_preference_alignment.ipynb").read_text(encoding="utf-8"))
+    namespace: dict = {}
+    exec("".join(notebook["cells"][1]["source"]), namespace)  # the parameters cell: plain assignments
+    assert namespace["SWEEP_BETAS"] == sweep["betas"] and namespace["SWEEP_STEPS"] in sweep["steps"]
+    assert set(namespace["SWEEP_LIVE"]) <= set(sweep["betas"])
+    assert (namespace["BATCH_SIZE"], namespace["LEARNING_RATE"]) == (sweep["batch_size"], sweep["learning_rate"])
+    assert namespace["GRPO_LEARNING_RATE"] in grpo["learning_rates"] and namespace["GRPO_PROMPTS"] == grpo["prompts"]
+    assert namespace["GRPO_STEPS"] <= grpo["steps"] and namespace["SEED"] == record["seed"]
+
+
+@pytest.mark.slow
+def test_committed_preference_runs_are_rebuilt_by_their_command(tmp_path):
+    """The record's command, re-run (about 3 minutes on 2 cores), gives every beta-sweep point within 5 % (margin,
+    drift, gradient weight; task accuracy within 0.05 of 100 rows) and each GRPO run's seeded reward before training
+    within 0.02; after 20 sampled GRPO steps the practised reward and the held-out accuracy within 0.06."""
+    import json
+    import subprocess
+    import sys
+
+    from course_utils import PROJECT_ROOT
+
+    record = _preference_runs_record()
+    args = record["command"].split()[1:] + ["--record_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+    done = subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800,
+                          env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                                                    WORKBOOK_HEADLESS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rebuilt = json.loads((tmp_path / pref.PREFERENCE_RUNS_FILE).read_text(encoding="utf-8"))
+    assert rebuilt["inputs_sha256"] == record["inputs_sha256"]
+    for new, old in zip(rebuilt["beta_sweep"], record["beta_sweep"], strict=True):
+        assert (new["beta"], new["steps"]) == (old["beta"], old["steps"])
+        for key in ("logratio_margin", "drift", "grad_weight"):
+            assert abs(new[key] - old[key]) <= 0.05 * abs(old[key]), (key, new, old)
+        assert abs(new["task_accuracy"] - old["task_accuracy"]) <= 0.05, (new, old)
+    for new, old in zip(rebuilt["grpo"], record["grpo"], strict=True):
+        assert new["learning_rate"] == old["learning_rate"]
+        assert abs(new["practice_reward"][0] - old["practice_reward"][0]) <= 0.02, (new, old)
+        assert abs(new["practice_reward"][1] - old["practice_reward"][1]) <= 0.06, (new, old)
+        assert abs(new["heldout_accuracy"] - old["heldout_accuracy"]) <= 0.06, (new, old)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from itertools import islice
 from pathlib import Path
 
@@ -241,16 +239,8 @@ def test_generate_and_accuracy_on_tiny_sft(tiny_sft):
     assert accuracy >= 0.3 and metadata["task_accuracy"]["after"]["all"] > metadata["task_accuracy"]["before"]["all"]
 
 
-def _sft_script():
-    spec = importlib.util.spec_from_file_location("sft_script", PROJECT_ROOT / "scripts" / "sft.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["sft_script"] = script  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_script_parses_llamafactory_yaml(tmp_path):
-    script = _sft_script()
+def test_script_parses_llamafactory_yaml(tmp_path, load_script):
+    script = load_script("sft")
     model_args, data_args, ft_args, training_args = script.parse_arguments(
         [str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"), "--max_steps", "7", "--output_dir", str(tmp_path)])
     assert model_args.model_name_or_path == "tiny-base" and model_args.template == "chatml"
@@ -273,7 +263,7 @@ def test_script_parses_llamafactory_yaml(tmp_path):
         script.parse_arguments([str(exp), "--learning_rate", "fast"])
 
 
-def test_lora_run_saves_a_merged_model_and_its_adapter(tmp_path):
+def test_lora_run_saves_a_merged_model_and_its_adapter(tmp_path, load_script):
     """merge_lora: output_dir loads as a plain checkpoint and equals base + adapter; the adapter sits in adapter/."""
     import torch
     from peft import PeftModel
@@ -281,7 +271,7 @@ def test_lora_run_saves_a_merged_model_and_its_adapter(tmp_path):
 
     from course_utils import models
 
-    script = _sft_script()
+    script = load_script("sft")
     data = tmp_path / "data"
     data.mkdir()
     rows = [json.loads(line) for line in islice(open(DATA_DIR / "tasks_train.jsonl", encoding="utf-8"), 16)]
