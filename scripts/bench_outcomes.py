@@ -14,7 +14,9 @@ Prints, for the committed models on this machine, each figure next to its goal a
     python scripts/bench_outcomes.py --sft_seeds 3    # + both SFT recipes re-run with 3 seeds (~20 minutes)
     python scripts/bench_outcomes.py --dpo_steps 0 --preference_runs   # notebook 10's sweep and GRPO record
 
-Writes ``<output_dir>/bench_outcomes.json``. The LoRA-vs-full and PEFT figures come from ``scripts/bench_peft.py``.
+Writes ``<output_dir>/bench_outcomes.json``. The LoRA-vs-full and PEFT figures are made by ``scripts/bench_peft.py``;
+this script prints them against their goals from its committed record (``data_samples/peft_comparison.json``), and
+notebook 10's beta sweep from ``data_samples/preference_runs.json``.
 """
 
 from __future__ import annotations
@@ -227,8 +229,39 @@ def write_seed_comparison(results: dict, path: Path = SEED_COMPARISON_FILE) -> N
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
+def record_goal_rows(data_dir: Path = SEED_COMPARISON_FILE.parent) -> list[tuple[str, str, str, bool]]:
+    """(figure, measured, goal, met) read from the committed records the notebooks check: the PEFT comparison
+    (``scripts/bench_peft.py``, notebook 07) and notebook 10's runs (``--preference_runs``)."""
+    rows = []
+    peft_file = data_dir / "peft_comparison.json"
+    if peft_file.exists():
+        methods = json.loads(peft_file.read_text(encoding="utf-8"))["methods"]
+        full = methods["full"]["test_accuracy"]["all"]
+        small = {m: r for m, r in methods.items() if m.startswith("lora") and r["trainable_pct"] < 2}
+        best = max(small, key=lambda m: small[m]["test_accuracy"]["all"])
+        acc = small[best]["test_accuracy"]["all"]
+        rows.append(("LoRA (< 2 % trainable) vs full fine-tuning",
+                     f"{best} {acc:.2f} ({small[best]['trainable_pct']:.2f} %) vs {full:.2f}", "within 0.05 of full",
+                     acc >= full - 0.05))
+        accs = sorted({round(r["test_accuracy"]["all"], 2) for r in methods.values()})
+        rows.append(("PEFT table: distinct held-out accuracies", " / ".join(f"{a:.2f}" for a in accs),
+                     "non-trivial, different", len(accs) >= 5 and accs[-1] >= 0.5))
+    runs_file = data_dir / "preference_runs.json"
+    if runs_file.exists():
+        runs = json.loads(runs_file.read_text(encoding="utf-8"))
+        longest = max(runs["settings"]["sweep"]["steps"])
+        points = [p for p in runs["beta_sweep"] if p["steps"] == longest]
+        margins = [p["logratio_margin"] for p in points]
+        rows.append((f"DPO beta sweep, {longest} steps: log-ratio margin", " / ".join(f"{m:.1f}" for m in margins),
+                     "falls as beta grows", margins == sorted(margins, reverse=True) and margins[0] > 2 * margins[-1]))
+        drifts = [p["drift"] for p in points]
+        rows.append((f"DPO beta sweep, {longest} steps: drift", " / ".join(f"{d:.2f}" for d in drifts),
+                     "smallest beta drifts further", drifts[0] > 1.5 * drifts[-1]))
+    return rows
+
+
 def goal_rows(results: dict) -> list[tuple[str, str, str, bool]]:
-    """(figure, measured, goal, met) for the goals this script measures."""
+    """(figure, measured, goal, met) for the goals this script measures, then those of the committed records."""
     rows = []
     sft = results["sft"]["tiny-sft"]
     tasks = {k: v for k, v in sft.items() if k != "all"}
@@ -266,7 +299,7 @@ def goal_rows(results: dict) -> list[tuple[str, str, str, bool]]:
         for kind, k in dpo["by_kind"].items():
             rows.append((f"DPO log-prob margin, rejected={kind}", f"{k['logp_margin'][0]:.2f} -> {k['logp_margin'][1]:.2f}",
                          "widens", k["logp_margin"][1] > k["logp_margin"][0]))
-    return rows
+    return rows + record_goal_rows()
 
 
 def main() -> None:

@@ -222,3 +222,19 @@ def test_committed_preference_runs_are_rebuilt_by_their_command(tmp_path):
         assert abs(new["practice_reward"][0] - old["practice_reward"][0]) <= 0.02, (new, old)
         assert abs(new["practice_reward"][1] - old["practice_reward"][1]) <= 0.06, (new, old)
         assert abs(new["heldout_accuracy"] - old["heldout_accuracy"]) <= 0.06, (new, old)
+
+
+def test_bench_outcomes_prints_the_records_goals(load_script, tmp_path):
+    """scripts/bench_outcomes.py reports the LoRA-vs-full, PEFT-table and beta-sweep goals from the committed records
+    (met today), and reports a goal as not met when a record misses it."""
+    import json
+
+    from course_utils import DATA_DIR
+
+    script = load_script("bench_outcomes")
+    rows = script.record_goal_rows()
+    assert len(rows) == 4 and all(met for *_, met in rows), rows
+    record = json.loads((DATA_DIR / "peft_comparison.json").read_text(encoding="utf-8"))
+    record["methods"]["full"]["test_accuracy"]["all"] = 0.9  # full fine-tuning far ahead of every small LoRA
+    (tmp_path / "peft_comparison.json").write_text(json.dumps(record), encoding="utf-8")
+    assert [met for *_, met in script.record_goal_rows(tmp_path)] == [False, True]
