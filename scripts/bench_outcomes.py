@@ -229,9 +229,12 @@ def write_seed_comparison(results: dict, path: Path = SEED_COMPARISON_FILE) -> N
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
-def record_goal_rows(data_dir: Path = SEED_COMPARISON_FILE.parent) -> list[tuple[str, str, str, bool]]:
+def record_goal_rows(data_dir: Path | None = None) -> list[tuple[str, str, str, bool]]:
     """(figure, measured, goal, met) read from the committed records the notebooks check: the PEFT comparison
     (``scripts/bench_peft.py``, notebook 07) and notebook 10's runs (``--preference_runs``)."""
+    from course_utils import DATA_DIR
+
+    data_dir = DATA_DIR if data_dir is None else data_dir
     rows = []
     peft_file = data_dir / "peft_comparison.json"
     if peft_file.exists():
