@@ -501,8 +501,11 @@ def train_and_measure(
 
 
 def format_table(results: Sequence[MethodResult], rounded: bool = True) -> str:
-    """A Markdown table of results; ``rounded=True`` leaves out timings (non-deterministic) for stored outputs."""
-    header = ["method", "trainable", "trainable %", "optimizer state", "est. peak memory", "eval loss", "accuracy"]
+    """A Markdown table of results; ``rounded=True`` leaves out timings (non-deterministic) for stored outputs.
+    The accuracy column appears only when some result has an accuracy."""
+    with_accuracy = any(res.accuracy is not None for res in results)
+    header = ["method", "trainable", "trainable %", "optimizer state", "est. peak memory", "eval loss"]
+    header += ["accuracy"] if with_accuracy else []
     if not rounded:
         header.insert(5, "s/step")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -514,8 +517,9 @@ def format_table(results: Sequence[MethodResult], rounded: bool = True) -> str:
             f"{res.optimizer_state_bytes / 1024:.1f} KiB",
             f"{res.estimated_peak_bytes / 2**20:.2f} MiB",
             f"{res.eval_loss_before:.2f} -> {res.eval_loss_after:.2f}",
-            "-" if res.accuracy is None else f"{res.accuracy:.3f}",
         ]
+        if with_accuracy:
+            cells.append("-" if res.accuracy is None else f"{res.accuracy:.3f}")
         if not rounded:
             cells.insert(5, f"{res.seconds_per_step:.3f}")
         lines.append("| " + " | ".join(cells) + " |")

@@ -6,7 +6,7 @@ each trained from the same base for ``--max_steps`` steps on ``data_samples/task
 assistant-only labels) and scored on ``tasks_test.jsonl`` by greedy generation. Measures trainable parameters,
 optimizer-state bytes, gradient/activation bytes, seconds per step, held-out loss and accuracy.
 
-    python scripts/bench_peft.py --max_steps 20
+    python scripts/bench_peft.py --max_steps 10
     python scripts/bench_peft.py --model Qwen/Qwen2.5-0.5B --methods lora,prompt --max_steps 200 --device cuda
 
 Writes ``<output_dir>/bench_peft.json`` and ``bench_peft.md`` and prints the Markdown table.
@@ -45,7 +45,7 @@ class BenchArguments:
     methods: str = field(default=",".join(("full", "lora", "lora-all", "adapter", "prefix", "prompt", "ia3")),
                          metadata={"help": "comma-separated name[/rN][+tokens] (course_utils.lora.METHODS; "
                                                    "--fit_lr without --methods: every FIT_GRID method)"})
-    max_steps: int = field(default=20, metadata={"help": "training steps per method (notebook 07: 20)"})
+    max_steps: int = field(default=10, metadata={"help": "training steps per method (notebook 07: 10)"})
     batch_size: int = field(default=16)
     max_length: int = field(default=64)
     n_test: int = field(default=100, metadata={"help": "held-out rows scored by generation"})

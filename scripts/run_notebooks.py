@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from course_utils import env  # noqa: E402
 
 NOTEBOOK_BUDGET_S = 120
-TOTAL_BUDGET_S = 600
+TOTAL_BUDGET_S = 300
 
 
 def parse_value(text: str) -> object:
@@ -173,11 +173,11 @@ def format_table(rows: list[dict]) -> str:
              "| --- | ---: | --- | " + ("---: | ---: | " if gpu else "") + "--- |"]
     for row in rows:
         figures = ", ".join(f"{k}={v}" for k, v in row["figures"].items() if k != "predicted_mib") or row["error"]
-        budget = " (over 120 s budget)" if row["seconds"] > NOTEBOOK_BUDGET_S else ""
+        budget = f" (over {NOTEBOOK_BUDGET_S} s budget)" if row["seconds"] > NOTEBOOK_BUDGET_S else ""
         memory = (f"{row.get('gpu_peak_mib', '')} | {row['figures'].get('predicted_mib', '')} | " if gpu else "")
         lines.append(f"| {row['notebook']} | {row['seconds']:.1f}{budget} | {row['status']} | {memory}{figures} |")
     total = sum(row["seconds"] for row in rows)
-    lines.append(f"| **total** | {total:.1f}{' (over 600 s budget)' if total > TOTAL_BUDGET_S else ''} | "
+    lines.append(f"| **total** | {total:.1f}{f' (over {TOTAL_BUDGET_S} s budget)' if total > TOTAL_BUDGET_S else ''} | "
                  f"{sum(r['status'] == 'ok' for r in rows)}/{len(rows)} ok | |")
     return "\n".join(lines)
 

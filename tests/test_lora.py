@@ -251,3 +251,17 @@ def test_train_and_measure_cosine_schedule_ends_at_zero(base, tok):
     assert all(a > b for a, b in zip(rates["cosine"][2:], rates["cosine"][3:])) and rates["cosine"][-1] < 2e-3
     with pytest.raises(ValueError, match="schedule"):
         lora.train_and_measure("lora", model, batches, batches[:1], steps=1, schedule="linear")
+
+
+def test_format_table_shows_accuracy_only_when_measured():
+    """Notebook 07's 10-step table compares resources and leaves accuracy out; bench_peft's table keeps it."""
+    def result(method, accuracy=None):
+        return lora.MethodResult(method, 10, 100, 400, 40, 80, 1000, 0.01, eval_loss_before=5.0,
+                                 eval_loss_after=4.0, accuracy=accuracy)
+
+    plain = lora.format_table([result("full"), result("lora")])
+    assert "accuracy" not in plain and plain.splitlines()[2].endswith("| 5.00 -> 4.00 |")
+    mixed = lora.format_table([result("full", 0.25), result("lora")], rounded=False)
+    header, _, full_row, lora_row = mixed.splitlines()
+    assert header.endswith("| eval loss | accuracy |") and "s/step" in header
+    assert full_row.endswith("| 0.250 |") and lora_row.endswith("| - |")

@@ -146,6 +146,18 @@ def test_readme_times_equal_the_title_cells():
         assert measured.group(2) == row.group(1), (path.name, measured.group(2), row.group(1))
 
 
+def test_run_summary_flags_the_budgets(load_script):
+    """The runner's summary marks a notebook over 2 minutes and a workbook over 5 minutes (issue 16's budgets)."""
+    runner = load_script("run_notebooks")
+    assert (runner.NOTEBOOK_BUDGET_S, runner.TOTAL_BUDGET_S) == (120, 300)
+    row = {"status": "ok", "figures": {}, "error": ""}
+    within = runner.format_table([{**row, "notebook": n, "seconds": 100.0} for n in "abc"])
+    assert "over" not in within
+    over = runner.format_table([{**row, "notebook": n, "seconds": s} for n, s in (("a", 121.0), ("b", 90.0), ("c", 90.0))])
+    assert "| 121.0 (over 120 s budget) |" in over and "| 301.0 (over 300 s budget) |" in over
+    assert "| 90.0 | ok |" in over
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_no_progress_bar_widgets_in_stored_outputs(path):
     """A headless run draws no tqdm widget (a stored one shows as a frozen 0 % bar on GitHub and in the HTML)."""
