@@ -1515,8 +1515,8 @@ Do not edit these files by hand; change the generator and regenerate instead.
 Also in this folder but **not** written by the generator (each records the command that made it):
 the models trained on these files (`tiny_base/` by `scripts/make_tiny_base.py`, `tiny_sft/` and
 `tiny_sft_all_tokens/` by `scripts/sft.py`, each with its `metadata.json`) and the measured records that
-notebooks read instead of re-running them (`sft_seed_comparison.json` and `preference_runs.json` by
-`scripts/bench_outcomes.py`, `peft_comparison.json` by `scripts/bench_peft.py`).
+notebooks read instead of re-running them (`sft_seed_comparison.json`, `sft_first_steps.json` and
+`preference_runs.json` by `scripts/bench_outcomes.py`, `peft_comparison.json` by `scripts/bench_peft.py`).
 
 ## Files
 

@@ -42,6 +42,9 @@ SHAREGPT_TAGS: dict[str, str] = {
 #: LLaMA-Factory's default Alpaca columns (``dataset_info.json`` ``columns``).
 ALPACA_COLUMNS: dict[str, str] = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
                                   "history": "history"}
+#: The first steps of the committed SFT recipe, logged at every step (in ``DATA_DIR``; written by
+#: ``python scripts/bench_outcomes.py --dpo_steps 0 --sft_first_steps``): notebook 06's live re-run is checked against it.
+FIRST_STEPS_FILE = "sft_first_steps.json"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ Prints, for the committed models on this machine, each figure next to its goal a
     python scripts/bench_outcomes.py --dpo_steps 0    # skip the DPO run
     python scripts/bench_outcomes.py --sft_seeds 3    # + both SFT recipes re-run with 3 seeds (~20 minutes)
     python scripts/bench_outcomes.py --dpo_steps 0 --preference_runs   # notebook 10's sweep and GRPO record
+    python scripts/bench_outcomes.py --dpo_steps 0 --sft_first_steps   # notebook 06's first-steps record
 
 Writes ``<output_dir>/bench_outcomes.json``. The LoRA-vs-full and PEFT figures are made by ``scripts/bench_peft.py``;
 this script prints them against their goals from its committed record (``data_samples/peft_comparison.json``), and
@@ -53,7 +54,10 @@ class OutcomeArguments:
     preference_runs: bool = field(default=False, metadata={
         "help": "re-run notebook 10's beta sweep and GRPO runs at the record's length and write "
                 "data_samples/preference_runs.json (~3 minutes)"})
-    record_dir: str = field(default="data_samples", metadata={"help": "where --preference_runs writes its record"})
+    sft_first_steps: bool = field(default=False, metadata={
+        "help": "re-run the first 25 steps of configs/sft_tiny.yaml logging every step and write "
+                "data_samples/sft_first_steps.json (notebook 06's live check; ~30 s)"})
+    record_dir: str = field(default="data_samples", metadata={"help": "where the --*_runs/--*_steps records go"})
     seed: int = 0
 
 
@@ -186,6 +190,43 @@ def preference_runs(seed: int = 0) -> dict:
 
 
 SFT_RECIPES = {"assistant-only": "configs/sft_tiny.yaml", "all-tokens": "configs/sft_tiny_all_tokens.yaml"}
+#: Notebook 06 re-runs the first steps of the committed assistant-only SFT live and compares them, step by step, with
+#: this record of the same recipe's first ``steps`` steps logged at every step. The Trainer logs the mean loss of
+#: each logging interval, so the record's mean equals the committed run's first logged loss (step 25): the bridge
+#: from a few live steps to the committed checkpoint.
+SFT_FIRST_STEPS = {"recipe": "configs/sft_tiny.yaml", "steps": 25}
+
+
+def sft_first_steps_inputs() -> list[str]:
+    """The files the first-steps record depends on: the recipe, the base weights and the recipe's data files."""
+    import yaml
+
+    from course_utils import PROJECT_ROOT, sft
+
+    config = yaml.safe_load((PROJECT_ROOT / SFT_FIRST_STEPS["recipe"]).read_text(encoding="utf-8"))
+    info = sft.load_dataset_info(PROJECT_ROOT / config["dataset_info"])
+    return [SFT_FIRST_STEPS["recipe"], "data_samples/tiny_base/model.safetensors",
+            *(f"{config['dataset_dir']}/{info[name]['file_name']}" for name in config["dataset"].split(","))]
+
+
+def sft_first_steps(work_dir: Path) -> dict:
+    """``scripts/sft.py`` on the committed recipe, stopped after ``SFT_FIRST_STEPS["steps"]`` steps (the schedule of
+    the full run) and logging every step: the record notebook 06 checks its live steps against."""
+    import os
+    import subprocess
+
+    from course_utils import PROJECT_ROOT, train
+
+    steps = SFT_FIRST_STEPS["steps"]
+    run = ["scripts/sft.py", SFT_FIRST_STEPS["recipe"], "--logging_steps", "1", "--stop_after_steps", str(steps),
+           "--eval_tasks", ""]
+    target = work_dir / "sft_first_steps"
+    subprocess.run([sys.executable, *run, "--output_dir", str(target)], cwd=PROJECT_ROOT, check=True,
+                   capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    history = json.loads((target / "metadata.json").read_text(encoding="utf-8"))["train_loss_history"]
+    return {"command": "python scripts/bench_outcomes.py --dpo_steps 0 --sft_first_steps",
+            "run": "python " + " ".join(run[:-1]) + " ''", "steps": steps, "loss_history": history,
+            "inputs_sha256": {name: train.file_sha256(PROJECT_ROOT / name) for name in sft_first_steps_inputs()}}
 
 
 def sft_seed_figures(seeds: int, work_dir: Path) -> dict:
@@ -326,6 +367,13 @@ def main() -> None:
 
         target = Path(args.record_dir) / PREFERENCE_RUNS_FILE
         target.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {target}", flush=True)
+    if args.sft_first_steps:
+        from course_utils.sft import FIRST_STEPS_FILE
+
+        target = Path(args.record_dir) / FIRST_STEPS_FILE
+        target.write_text(json.dumps(sft_first_steps(Path(args.output_dir) / "runs"), indent=1) + "\n",
+                          encoding="utf-8")
         print(f"wrote {target}", flush=True)
     if args.dpo_steps > 0:
         results["dpo"] = dpo_figures(args)

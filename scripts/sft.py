@@ -85,6 +85,9 @@ class FinetuningArguments:
                 "a base that never saw them in pretraining cannot learn to stop through LoRA alone"})
     merge_lora: bool = field(default=False, metadata={
         "help": "LoRA only: save the merged full model in output_dir and the adapter in output_dir/adapter"})
+    stop_after_steps: int | None = field(default=None, metadata={
+        "help": "stop after this many optimizer steps, keeping the learning-rate schedule of max_steps (the first "
+                "steps of a long run, e.g. with --logging_steps 1: data_samples/sft_first_steps.json)"})
 
 
 #: Keys of the lecture slides' LLaMA-Factory YAML that LLaMA-Factory (and this script) does not have -> the real ones.
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         lr_scheduler_type=str(getattr(ta.lr_scheduler_type, "value", ta.lr_scheduler_type)),
         weight_decay=ta.weight_decay, logging_steps=int(ta.logging_steps), seed=ta.seed,
         output_dir=str(Path(env.cache_dir()) / "sft_script_run"), device=str(resolved), method=method,
-        gradient_checkpointing=ta.gradient_checkpointing,
+        gradient_checkpointing=ta.gradient_checkpointing, stop_after_steps=ft_args.stop_after_steps,
     )
     print(result.report)
     print("losses", result.losses)

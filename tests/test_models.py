@@ -144,6 +144,46 @@ def test_committed_sft_model_is_rebuilt_by_its_recipe(name, tmp_path):
         assert abs(rebuilt["task_accuracy"]["after"][task] - old) <= tolerance, (name, task, rebuilt["task_accuracy"])
 
 
+def _first_steps_record() -> dict:
+    import json
+
+    from course_utils import DATA_DIR, sft
+
+    return json.loads((DATA_DIR / sft.FIRST_STEPS_FILE).read_text(encoding="utf-8"))
+
+
+def test_sft_first_steps_record_is_current_and_bridges_to_the_committed_run(load_script):
+    """data_samples/sft_first_steps.json (notebook 06's live check) comes from today's recipe, base weights and data,
+    logs every one of its steps, and its mean is the loss the committed tiny-sft logged at that step (Trainer logs
+    interval means): a few live steps matching the record reproduce the start of the committed run."""
+    import json
+
+    from course_utils import PROJECT_ROOT
+    from course_utils.train import file_sha256
+
+    script, record = load_script("bench_outcomes"), _first_steps_record()
+    assert record["command"] == "python scripts/bench_outcomes.py --dpo_steps 0 --sft_first_steps"
+    assert list(record["inputs_sha256"]) == script.sft_first_steps_inputs()
+    assert record["inputs_sha256"] == {name: file_sha256(PROJECT_ROOT / name) for name in record["inputs_sha256"]}
+    steps = script.SFT_FIRST_STEPS["steps"]
+    assert [step for step, _ in record["loss_history"]] == list(range(1, steps + 1)) and record["steps"] == steps
+    committed = json.loads((models.LOCAL_MODELS["tiny-sft"] / "metadata.json").read_text(encoding="utf-8"))
+    assert models.REBUILD_COMMANDS["tiny-sft"] == "python " + " ".join(["scripts/sft.py", script.SFT_FIRST_STEPS["recipe"]])
+    mean = sum(loss for _, loss in record["loss_history"]) / steps
+    assert abs(mean - dict(committed["train_loss_history"])[steps]) < 2e-4
+
+
+@pytest.mark.slow
+def test_committed_sft_first_steps_are_rebuilt_by_their_command(load_script, tmp_path):
+    """The record's run (scripts/sft.py stopped after 25 steps, about 30 s) gives the same per-step losses (to 1e-3:
+    the committed SFT history agrees that closely through step 50 even with other CPU kernels)."""
+    rebuilt = load_script("bench_outcomes").sft_first_steps(tmp_path)
+    committed = _first_steps_record()
+    assert rebuilt["run"] == committed["run"] and rebuilt["inputs_sha256"] == committed["inputs_sha256"]
+    for (step, new), (old_step, old) in zip(rebuilt["loss_history"], committed["loss_history"], strict=True):
+        assert step == old_step and abs(new - old) <= 1e-3, (step, new, old)
+
+
 @pytest.mark.slow
 def test_committed_tiny_base_is_rebuilt_by_its_recipe(tmp_path):
     """`python scripts/make_tiny_base.py` (3000 steps, about 12 minutes on 2 cores) gives the committed tokenizer byte
