@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-IGNORE_INDEX = -100
+from course_utils.loss import IGNORE_INDEX
 
 
 def _as_long_tensor(values: Any, index: int, name: str) -> torch.Tensor:

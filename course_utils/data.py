@@ -484,11 +484,6 @@ def rule_min_length(field_name: str = "output", min_chars: int = 5) -> Rule:
     return (f"{field_name} <= {min_chars} chars", lambda ex: len(str(ex[field_name]).strip()) > min_chars)
 
 
-def rule_max_length(field_name: str = "output", max_chars: int = 2000) -> Rule:
-    """Keep rows whose ``field_name`` has at most ``max_chars`` characters."""
-    return (f"{field_name} > {max_chars} chars", lambda ex: len(str(ex[field_name])) <= max_chars)
-
-
 def rule_no_banned_words(banned: Iterable[str], fields: Sequence[str] = ("instruction", "input", "output")) -> Rule:
     """Drop rows where any of ``fields`` contains a banned word (case-insensitive substring match)."""
     words = [word.lower() for word in banned]

@@ -17,14 +17,13 @@ Standard library only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 __all__ = [
     "BAD_EXAMPLES",
@@ -37,7 +36,6 @@ __all__ = [
     "build_world",
     "dirty_manifest",
     "extract_answer",
-    "file_sha256",
     "generate_all",
     "make_alpaca_raw",
     "make_pretrain_corpus",
@@ -1433,11 +1431,6 @@ def _bad_example_bytes() -> dict[str, bytes]:
 # Writing everything
 # ---------------------------------------------------------------------------
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
@@ -1601,9 +1594,3 @@ def generate_all(out_dir: Path, seed: int = DEFAULT_SEED, scale: float = 1.0) ->
         (out_dir / "bad_examples" / name).write_bytes(data)
     paths["readme"].write_text(_render_readme(out_dir, paths, seed, scale), encoding="utf-8", newline="\n")
     return paths
-
-
-def iter_files(paths: dict[str, Path]) -> Iterator[tuple[str, Path]]:
-    """Yield ``(name, path)`` in the fixed order of ``FILES``."""
-    for k in FILES:
-        yield k, paths[k]

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from course_utils.loss import IGNORE_INDEX
+
 #: The methods :func:`prepare_method` knows, in the order of the comparison table.
 METHODS: tuple[str, ...] = ("full", "lora", "lora-all", "adapter", "prefix", "prompt", "ia3")
 
@@ -330,7 +332,7 @@ def pad_batch(examples: Sequence[dict[str, Sequence[int]]], pad_id: int) -> dict
     """Right-pad ``input_ids``/``labels`` (labels with -100) and build ``attention_mask``."""
     length = max(len(ex["input_ids"]) for ex in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), length), dtype=torch.long)
     for row, ex in enumerate(examples):
         n = len(ex["input_ids"])
@@ -390,7 +392,7 @@ def eval_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> f
     for batch in batches:
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        n = int((batch["labels"][:, 1:] != -100).sum())
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         total += float(model(**batch).loss) * n
         count += n
     return total / max(count, 1)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+#: Label value ignored by ``F.cross_entropy`` (its default ``ignore_index``) and by every HF causal-LM loss: prompt
+#: tokens, padding and anything else that must not be trained on. The one definition in the package.
 IGNORE_INDEX = -100
 
 

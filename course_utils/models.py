@@ -340,6 +340,7 @@ def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
 
     from course_utils import DATA_DIR
     from course_utils import tokenizer as tok
+    from course_utils.loss import IGNORE_INDEX
 
     examples: list[tuple[list[int], list[int]]] = []
     if kind == "text":
@@ -365,7 +366,7 @@ def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
         for ids, labels in examples:
             labels_t = torch.tensor([labels], device=device)
             out = model(input_ids=torch.tensor([ids], device=device), labels=labels_t)
-            n = int((labels_t[:, 1:] != -100).sum())
+            n = int((labels_t[:, 1:] != IGNORE_INDEX).sum())
             total += float(out.loss) * n
             count += n
     model.train(was_training)

@@ -50,18 +50,3 @@ def plot_curves(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
-
-
-def use_cjk_font() -> str | None:
-    """Pick an installed font that can draw Chinese labels, if any; return its name (None: keep the default)."""
-    import matplotlib
-    from matplotlib import font_manager
-
-    wanted = ("Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC")
-    available = {font.name for font in font_manager.fontManager.ttflist}
-    for name in wanted:
-        if name in available:
-            matplotlib.rcParams["font.sans-serif"] = [name, *matplotlib.rcParams["font.sans-serif"]]
-            matplotlib.rcParams["axes.unicode_minus"] = False
-            return name
-    return None

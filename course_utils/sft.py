@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from course_utils.data import DataFormatError, DropReport, check_text, drop_reason, read_jsonl
+from course_utils.loss import IGNORE_INDEX  # the one definition (re-exported: notebook 06 reads sft.IGNORE_INDEX)
 
-#: Label value ignored by ``torch.nn.CrossEntropyLoss`` (its ``ignore_index``) and by every HF causal-LM loss.
-IGNORE_INDEX: int = -100
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 #: LLaMA-Factory's defaults for ShareGPT-style data (``dataset_info.json`` ``tags``).

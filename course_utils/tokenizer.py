@@ -296,7 +296,9 @@ def template_matches_inference(
 
 def eos_label_kept(labels: Iterable[int], input_ids: Iterable[int], eos_id: int) -> bool:
     """True when every EOS in ``input_ids`` keeps its label (is not -100): the model can learn to stop."""
-    return all(label != -100 for token, label in zip(input_ids, labels) if token == eos_id)
+    from course_utils.loss import IGNORE_INDEX
+
+    return all(label != IGNORE_INDEX for token, label in zip(input_ids, labels) if token == eos_id)
 
 
 # ---------------------------------------------------------------------------------------------------------------

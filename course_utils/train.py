@@ -118,12 +118,14 @@ def causal_lm_loss_sum(logits: "torch.Tensor", labels: "torch.Tensor") -> tuple[
     """
     import torch.nn.functional as F
 
+    from course_utils.loss import IGNORE_INDEX
+
     shift_logits = logits[:, :-1, :].float()  # (batch, seq-1, vocab): the last position predicts nothing
     shift_labels = labels[:, 1:]  # (batch, seq-1)
     loss_sum = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
-    return loss_sum, int((shift_labels != -100).sum())
+    return loss_sum, int((shift_labels != IGNORE_INDEX).sum())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -165,6 +167,8 @@ def train_loop(
     """
     import torch
 
+    from course_utils.loss import IGNORE_INDEX
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     model.train()
@@ -183,7 +187,7 @@ def train_loop(
     interval_loss, tokens_seen, started = 0.0, 0, time.perf_counter()
     for step in range(1, max_steps + 1):
         window = [next(batches) for _ in range(gradient_accumulation_steps)]
-        n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in window)
+        n_items = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
         step_loss = 0.0
         for batch in window:
             batch = {key: value.to(device) for key, value in batch.items()}

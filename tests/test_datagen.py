@@ -16,13 +16,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from course_utils import datagen as dg  # noqa: E402
+from course_utils.train import file_sha256  # noqa: E402
 
 COMMITTED = ROOT / "data_samples"
 SMALL = 0.05
 
 
 def _hashes(paths: dict[str, Path]) -> dict[str, str]:
-    return {k: dg.file_sha256(p) for k, p in paths.items()}
+    return {k: file_sha256(p) for k, p in paths.items()}
 
 
 def _rows(path: Path) -> list[dict]:
@@ -70,7 +71,7 @@ def test_committed_files_match_fresh_generation(full: dict[str, Path]) -> None:
     for key, rel in dg.FILES.items():
         committed = COMMITTED / rel
         assert committed.exists(), f"missing committed file {rel}"
-        assert dg.file_sha256(committed) == dg.file_sha256(full[key]), (
+        assert file_sha256(committed) == file_sha256(full[key]), (
             f"{rel} differs from a fresh generation; rerun scripts/generate_data.py")
 
 
@@ -82,7 +83,7 @@ def test_cli_small(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     ref = dg.generate_all(tmp_path / "ref", seed=5, scale=0.02)
     for key, rel in dg.FILES.items():
-        assert dg.file_sha256(out / rel) == dg.file_sha256(ref[key]), rel
+        assert file_sha256(out / rel) == file_sha256(ref[key]), rel
 
 
 # --------------------------------------------------------------------------- sizes & schemas

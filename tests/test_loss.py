@@ -149,3 +149,21 @@ def test_gradient_accumulation_normalisation(tok):
     assert not torch.allclose(_grads(model), reference, atol=1e-4)
     with pytest.raises(ValueError, match="unknown normalisation"):
         loss.accumulate_gradients(model, [short], "magic")
+
+
+def test_ignore_index_has_one_home():
+    """-100 is defined once (loss.IGNORE_INDEX) and used by name in the package; the student-facing reference
+    solutions and exercise checkers write it out, as a student's own cell would."""
+    import re
+    from pathlib import Path
+
+    from course_utils import collate, sft
+
+    package = Path(loss.__file__).parent
+    homes = [p.name for p in package.glob("*.py") if re.search(r"^IGNORE_INDEX\b.*=", p.read_text(encoding="utf-8"), re.M)]
+    assert homes == ["loss.py"] and sft.IGNORE_INDEX is collate.IGNORE_INDEX is loss.IGNORE_INDEX == -100
+    literal = re.compile(r"(!=|==|ignore_index=|, )\s*-100\b")
+    code = {p.name: "\n".join(line for line in p.read_text(encoding="utf-8").splitlines()
+                              if not line.lstrip().startswith(("#", '"', "``")))
+            for p in package.glob("*.py") if p.name not in ("solutions.py", "exercises.py")}
+    assert not [name for name, text in code.items() if literal.search(text)]
