@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from course_utils.collate import causal_lm_collate
 from course_utils.loss import IGNORE_INDEX
 
 #: The methods :func:`prepare_method` knows, in the order of the comparison table.
@@ -328,25 +329,12 @@ def chat_token_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
-def pad_batch(examples: Sequence[dict[str, Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad ``input_ids``/``labels`` (labels with -100) and build ``attention_mask``."""
-    length = max(len(ex["input_ids"]) for ex in examples)
-    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, ex in enumerate(examples):
-        n = len(ex["input_ids"])
-        ids[row, :n] = torch.tensor(ex["input_ids"])
-        labels[row, :n] = torch.tensor(ex["labels"])
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def make_batches(
     examples: Sequence[dict[str, Sequence[int]]], batch_size: int, pad_id: int
 ) -> list[dict[str, torch.Tensor]]:
-    """Cut encoded examples into padded batches, in order (shuffle beforehand for training)."""
-    return [pad_batch(examples[i : i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
+    """Cut encoded examples into right-padded batches (``collate.causal_lm_collate``), in order (shuffle beforehand
+    for training)."""
+    return [causal_lm_collate(examples[i : i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
