@@ -1,6 +1,7 @@
 # The workbook's commands. Each creates .venv on first use (pinned versions) and reuses it afterwards.
 #   make workbook   run every notebook headless into build/ (+ HTML) and print a summary table
-#   make test       unit tests of course_utils + strict `pytest --nbval` on the notebooks (CI runs this)
+#   make test       ruff, unit tests of course_utils + strict `pytest --nbval` on the notebooks (CI runs this)
+#   make lint       ruff only (pyproject.toml [tool.ruff])
 #   make notebooks  re-execute the notebooks in place so their committed outputs are fresh
 #   make lab        JupyterLab on the project
 #   make slides     build the Marp decks into build/slides/
@@ -28,7 +29,7 @@ export WORKBOOK_HEADLESS := 1
 
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
 
-.PHONY: venv workbook test unit unit-fast nbval portability mutations notebooks lab slides check-slides clean test-gpu
+.PHONY: venv workbook test lint unit unit-fast nbval portability mutations notebooks lab slides check-slides clean test-gpu
 
 venv: $(STAMP)
 
@@ -36,7 +37,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet torch==2.13.0
-	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e .
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" > /dev/null
 	touch $(STAMP)
 
@@ -59,7 +60,11 @@ nbval: $(STAMP)
 	env -u MPLBACKEND WORKBOOK_FIGURES_DIR=$(CURDIR)/build/nbval_figures $(PY) -m pytest $(NBVAL_FLAGS) notebooks/ -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "nbval: no notebooks collected"; rc=0; fi; exit $$rc
 
-test: unit nbval
+test: lint unit nbval
+
+# ruff on the package, the scripts and the tests (configured in pyproject.toml; the notebooks are checked by nbval)
+lint: $(STAMP)
+	$(PY) -m ruff check course_utils scripts tests
 
 # Strict nbval with torch forced onto other CPU kernels and one thread: stored outputs must not depend on the CPU.
 PORTABILITY_SETTINGS := "ATEN_CPU_CAPABILITY=default" \

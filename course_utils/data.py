@@ -6,14 +6,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
+    import datasets
+    import datasketch
+    import matplotlib.figure
+    from transformers import PreTrainedTokenizerBase
 
 
 class DataFormatError(ValueError):
@@ -327,9 +335,6 @@ def tokenize_and_pack(
 # Cleaning, filtering, de-duplication, format conversion, splitting and reporting (notebook 01).
 # Each step works on a ``datasets.Dataset`` (or a plain list of dicts where noted) and says how many rows it dropped.
 # ---------------------------------------------------------------------------------------------------------------
-
-import hashlib
-import unicodedata
 
 #: Zero-width and BOM characters that NFKC keeps but that only add invisible noise.
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")

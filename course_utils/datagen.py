@@ -1177,13 +1177,13 @@ def _make_alpaca(seed: int, scale: float) -> tuple[list[dict[str, str]], dict[st
     keyed.sort(key=lambda t: t[0])
     rows: list[dict[str, str]] = []
     id_of_base: dict[int, str] = {}
-    for n, (key, r, det, src) in enumerate(keyed):
+    for n, (key, _r, _det, _src) in enumerate(keyed):
         rid = f"alp-{n + 1:05d}"
         if key[1] == 0:
             id_of_base[key[0]] = rid
     kinds: dict[str, list[str]] = {k: [] for k in DIRTY_KINDS}
     det_out: dict[str, dict[str, Any]] = {}
-    for n, (key, r, det, src) in enumerate(keyed):
+    for n, (_key, r, det, src) in enumerate(keyed):
         rid = f"alp-{n + 1:05d}"
         rows.append({"id": rid, "instruction": r["instruction"], "input": r["input"],
                      "output": r["output"], "category": r["category"]})

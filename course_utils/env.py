@@ -15,8 +15,12 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from course_utils import PROJECT_ROOT
+
+if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
+    import torch
 
 OFFLINE_ENV: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",

@@ -20,10 +20,9 @@ workbook trains; the functions work the same on a hub model such as ``Qwen/Qwen2
 
 from __future__ import annotations
 
-import functools
-
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -35,9 +34,15 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from course_utils import DATA_DIR
+
+if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
+    import datasets
+    import numpy
+    import pandas
+    import torch
 
 #: Same packing and split as the pretraining scripts, so "held-out" means blocks the base never trained on.
 HELDOUT_BLOCK_SIZE: int = 128

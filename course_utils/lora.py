@@ -140,7 +140,7 @@ def copy_lora_to_peft(scratch: nn.Module, peft_model: nn.Module, adapter_name: s
     peft_layers = {
         name.removeprefix("base_model.model."): module
         for name, module in peft_model.named_modules()
-        if hasattr(module, "lora_A") and isinstance(getattr(module, "lora_A"), nn.ModuleDict)
+        if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict)
     }
     copied = 0
     with torch.no_grad():

@@ -25,9 +25,13 @@ import io
 from collections.abc import Iterable
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass, field
-from types import SimpleNamespace
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
+    import matplotlib.figure
+    import torch
 
 GIB: int = 2**30
 GB: int = 10**9
@@ -810,9 +814,9 @@ def _zero_partition_worker(rank: int, world_size: int, port: int, config: Any, s
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # DeepSpeed's banners and warnings; an exception still reaches the parent
     os.dup2(devnull, 2)
-    import torch
     import deepspeed
     import deepspeed.ops
+    import torch
     from transformers import AutoModelForCausalLM
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # plain gloo, no 80 s op build

@@ -17,9 +17,13 @@ path of every notebook on a CPU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from course_utils import DATA_DIR
+
+if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
 TINY_BASE_DIR: Path = DATA_DIR / "tiny_base"
 
@@ -349,7 +353,6 @@ def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
             examples.append((ids, ids))
     elif kind == "chat":
         from course_utils import sft
-
         from course_utils.data import read_jsonl
 
         rows, _ = read_jsonl(DATA_DIR / "tasks_train.jsonl", limit=2 * num_documents)

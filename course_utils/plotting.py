@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from course_utils import PROJECT_ROOT
+
+if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
+    import matplotlib.figure
 
 FIGURES_DIR: Path = PROJECT_ROOT / "slides" / "figures"
 #: Where the notebooks save their figures unless told otherwise (ignored by git).

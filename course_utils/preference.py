@@ -18,7 +18,12 @@ template the SFT model was trained with is applied.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
+    import datasets
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PREFERENCE_FIELDS: tuple[str, str, str] = ("prompt", "chosen", "rejected")
 

@@ -16,8 +16,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from course_utils import DATA_DIR
+
+if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
+    import sentencepiece
+    import tokenizers
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"

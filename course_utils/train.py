@@ -21,9 +21,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from course_utils import PROJECT_ROOT
+
+if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
+    import datasets
+    import torch
 
 #: Libraries whose versions go into metadata files.
 VERSIONED_PACKAGES: tuple[str, ...] = (

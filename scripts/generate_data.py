@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     paths = generate_all(args.out, seed=args.seed, scale=args.scale)
     total = 0
-    for name, path in paths.items():
+    for path in paths.values():
         size = path.stat().st_size
         total += size
         rows = path.read_bytes().count(b"\n") if path.suffix == ".jsonl" else "-"

@@ -43,7 +43,8 @@ def main() -> None:
     import torch
     from transformers import HfArgumentParser, PrinterCallback, Trainer, TrainingArguments, default_data_collator
 
-    from course_utils import data, models, tokenizer as tok
+    from course_utils import data, models
+    from course_utils import tokenizer as tok
 
     (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses()
     env.seed_everything(args.seed)

@@ -13,7 +13,8 @@ env.setup_offline()
 
 import torch  # noqa: E402
 
-from course_utils import models, preference as pref  # noqa: E402
+from course_utils import models  # noqa: E402
+from course_utils import preference as pref  # noqa: E402
 from course_utils import tokenizer as tk  # noqa: E402
 
 ROWS = [

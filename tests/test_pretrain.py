@@ -87,8 +87,8 @@ def test_decay_groups_exclude_biases_and_norms(small_tokenizer):
 
 
 def test_train_order_is_trainer_order():
-    from transformers import Trainer, TrainingArguments, default_data_collator
     import datasets
+    from transformers import Trainer, TrainingArguments, default_data_collator
 
     dataset = datasets.Dataset.from_dict({"input_ids": [[i, i] for i in range(20)], "labels": [[i, i] for i in range(20)]})
     args = TrainingArguments(output_dir="unused", per_device_train_batch_size=4, seed=3, use_cpu=True, report_to="none",

@@ -2,10 +2,10 @@
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -15,8 +15,10 @@ def test_every_dependency_is_pinned_and_environment_yml_agrees():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert all(re.match(r"^[A-Za-z0-9_.\-]+==[0-9][^ ]*$", dep) for dep in deps), deps
     assert "torch==2.13.0" in deps
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert all(re.match(r"^[A-Za-z0-9_.\-]+==[0-9][^ ]*$", dep) for dep in dev), dev
     env_yml = (ROOT / "environment.yml").read_text()
-    for dep in deps:
+    for dep in deps + dev:
         assert f"- {dep}\n" in env_yml, f"environment.yml lacks {dep}"
 
 

@@ -1,6 +1,5 @@
 """Code on a slide never rots: included blocks equal their sources, every other python block runs."""
 
-import os
 import sys
 from pathlib import Path
 
