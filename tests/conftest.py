@@ -50,3 +50,23 @@ def load_script():
         return loaded[name]
 
     return load
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The shared tiny tokenizer (300-token BPE on one repeated zh/en/arithmetic line) of the collate and loss tests;
+    test files that need another vocabulary (lora, preference, evaluation) define their own ``tok``."""
+    from course_utils import tokenizer
+
+    corpus = ["The capital of Foo is Bar. 你好，世界。 3 + 4 = 7, 5 - 2 = 3 and Bar is Foo ok;"] * 50
+    return tokenizer.train_tiny_tokenizer(corpus, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    """A seeded tiny Qwen2 model on ``tok``, in eval mode."""
+    from course_utils import models
+
+    m = models.build_model("tiny", tok, seed=0)
+    m.eval()
+    return m

@@ -9,22 +9,9 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
-from course_utils import collate, models, tokenizer
+from course_utils import collate
 
 TEXTS = ["The capital of Foo is Bar.", "你好，世界。 3 + 4 = 7", "Foo is Bar and Bar is Foo; 5 - 2 = 3 ok"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    corpus = ["The capital of Foo is Bar. 你好，世界。 3 + 4 = 7, 5 - 2 = 3 and Bar is Foo ok;"] * 50
-    return tokenizer.train_tiny_tokenizer(corpus, vocab_size=300)
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    m = models.build_model("tiny", tok, seed=0)
-    m.eval()
-    return m
 
 
 @pytest.fixture()

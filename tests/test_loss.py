@@ -6,20 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils import collate, loss, models, tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    corpus = ["The capital of Foo is Bar. 你好，世界。 3 + 4 = 7, 5 - 2 = 3 and Bar is Foo ok;"] * 50
-    return tokenizer.train_tiny_tokenizer(corpus, vocab_size=300)
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    m = models.build_model("tiny", tok, seed=0)
-    m.eval()
-    return m
+from course_utils import collate, loss, models
 
 
 @pytest.fixture(scope="module")
