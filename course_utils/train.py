@@ -319,6 +319,18 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def inputs_sha256(names: Iterable[str]) -> dict[str, str]:
+    """``{name: SHA-256}`` of project files (paths relative to the project root): a committed record's fingerprint
+    of what it was made from."""
+    return {name: file_sha256(PROJECT_ROOT / name) for name in names}
+
+
+def stale_inputs(record: Mapping[str, Any]) -> list[str]:
+    """The files of ``record["inputs_sha256"]`` that changed since the record was made (empty: the record is current)."""
+    now = inputs_sha256(record["inputs_sha256"])
+    return [name for name, digest in record["inputs_sha256"].items() if now[name] != digest]
+
+
 def git_commit(repo: str | Path = PROJECT_ROOT) -> str | None:
     """The current git commit of ``repo`` with ``-dirty`` when the tree has uncommitted changes, or None."""
     try:

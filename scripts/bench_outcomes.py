@@ -144,7 +144,7 @@ PREFERENCE_INPUTS = ("data_samples/tiny_sft/model.safetensors", "data_samples/pr
 def preference_runs(seed: int = 0) -> dict:
     """Notebook 10's beta sweep (every beta at every length, from the same SFT policy) and its GRPO demo at each
     learning rate, with the settings in ``PREFERENCE_RUNS``."""
-    from course_utils import DATA_DIR, PROJECT_ROOT, datagen, models, sft, train
+    from course_utils import DATA_DIR, datagen, models, sft, train
     from course_utils import preference as pref
 
     policy, tokenizer = models.load_model_and_tokenizer("tiny-sft")
@@ -184,7 +184,7 @@ def preference_runs(seed: int = 0) -> dict:
         print("  grpo", json.dumps({k: v for k, v in runs[-1].items() if k not in ("rewards", "zero_std")}), flush=True)
     return {"command": "python scripts/bench_outcomes.py --dpo_steps 0 --preference_runs",
             "settings": PREFERENCE_RUNS, "seed": seed,
-            "inputs_sha256": {name: train.file_sha256(PROJECT_ROOT / name) for name in PREFERENCE_INPUTS},
+            "inputs_sha256": train.inputs_sha256(PREFERENCE_INPUTS),
             "sft_heldout_accuracy": round(sft.task_accuracy(reference, tokenizer, task_test[: grpo_cfg["heldout_rows"]]), 4),
             "beta_sweep": points, "grpo": runs}
 
@@ -195,6 +195,19 @@ SFT_RECIPES = {"assistant-only": "configs/sft_tiny.yaml", "all-tokens": "configs
 #: each logging interval, so the record's mean equals the committed run's first logged loss (step 25): the bridge
 #: from a few live steps to the committed checkpoint.
 SFT_FIRST_STEPS = {"recipe": "configs/sft_tiny.yaml", "steps": 25}
+
+
+def run_sft_script(args: list[str], target: Path) -> dict:
+    """``python scripts/sft.py ARGS --output_dir TARGET`` offline in a child process; that run's ``metadata.json``."""
+    import os
+    import subprocess
+
+    from course_utils import PROJECT_ROOT
+
+    subprocess.run([sys.executable, "scripts/sft.py", *args, "--output_dir", str(target)], cwd=PROJECT_ROOT,
+                   check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    return json.loads((target / "metadata.json").read_text(encoding="utf-8"))
 
 
 def sft_first_steps_inputs() -> list[str]:
@@ -212,40 +225,26 @@ def sft_first_steps_inputs() -> list[str]:
 def sft_first_steps(work_dir: Path) -> dict:
     """``scripts/sft.py`` on the committed recipe, stopped after ``SFT_FIRST_STEPS["steps"]`` steps (the schedule of
     the full run) and logging every step: the record notebook 06 checks its live steps against."""
-    import os
-    import subprocess
-
-    from course_utils import PROJECT_ROOT, train
+    from course_utils import train
 
     steps = SFT_FIRST_STEPS["steps"]
-    run = ["scripts/sft.py", SFT_FIRST_STEPS["recipe"], "--logging_steps", "1", "--stop_after_steps", str(steps),
-           "--eval_tasks", ""]
-    target = work_dir / "sft_first_steps"
-    subprocess.run([sys.executable, *run, "--output_dir", str(target)], cwd=PROJECT_ROOT, check=True,
-                   capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    history = json.loads((target / "metadata.json").read_text(encoding="utf-8"))["train_loss_history"]
+    args = [SFT_FIRST_STEPS["recipe"], "--logging_steps", "1", "--stop_after_steps", str(steps), "--eval_tasks", ""]
+    history = run_sft_script(args, work_dir / "sft_first_steps")["train_loss_history"]
     return {"command": "python scripts/bench_outcomes.py --dpo_steps 0 --sft_first_steps",
-            "run": "python " + " ".join(run[:-1]) + " ''", "steps": steps, "loss_history": history,
-            "inputs_sha256": {name: train.file_sha256(PROJECT_ROOT / name) for name in sft_first_steps_inputs()}}
+            "run": "python scripts/sft.py " + " ".join(args[:-1]) + " ''", "steps": steps, "loss_history": history,
+            "inputs_sha256": train.inputs_sha256(sft_first_steps_inputs())}
 
 
 def sft_seed_figures(seeds: int, work_dir: Path) -> dict:
     """Both SFT recipes re-run from tiny-base with ``--seed 0..seeds-1``: held-out accuracy per seed, mean, spread."""
-    import os
     import statistics
-    import subprocess
-
-    from course_utils import PROJECT_ROOT
 
     out: dict = {}
     for recipe, config in SFT_RECIPES.items():
         runs = []
         for seed in range(seeds):
-            target = work_dir / f"sft_{recipe}_seed{seed}"
-            subprocess.run([sys.executable, "scripts/sft.py", config, "--seed", str(seed), "--output_dir", str(target)],
-                           cwd=PROJECT_ROOT, check=True, capture_output=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-            runs.append(json.loads((target / "metadata.json").read_text(encoding="utf-8"))["task_accuracy"]["after"])
+            meta = run_sft_script([config, "--seed", str(seed)], work_dir / f"sft_{recipe}_seed{seed}")
+            runs.append(meta["task_accuracy"]["after"])
             print(f"  {recipe} seed {seed}: {runs[-1]}", flush=True)
         out[recipe] = {"runs": runs, **{task: {"mean": round(statistics.mean(r[task] for r in runs), 4),
                                                "stdev": round(statistics.stdev(r[task] for r in runs), 4)

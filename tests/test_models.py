@@ -158,17 +158,16 @@ def test_sft_first_steps_record_is_current_and_bridges_to_the_committed_run(load
     interval means): a few live steps matching the record reproduce the start of the committed run."""
     import json
 
-    from course_utils import PROJECT_ROOT
-    from course_utils.train import file_sha256
+    from course_utils import train
 
     script, record = load_script("bench_outcomes"), _first_steps_record()
     assert record["command"] == "python scripts/bench_outcomes.py --dpo_steps 0 --sft_first_steps"
     assert list(record["inputs_sha256"]) == script.sft_first_steps_inputs()
-    assert record["inputs_sha256"] == {name: file_sha256(PROJECT_ROOT / name) for name in record["inputs_sha256"]}
+    assert not train.stale_inputs(record)
     steps = script.SFT_FIRST_STEPS["steps"]
     assert [step for step, _ in record["loss_history"]] == list(range(1, steps + 1)) and record["steps"] == steps
     committed = json.loads((models.LOCAL_MODELS["tiny-sft"] / "metadata.json").read_text(encoding="utf-8"))
-    assert models.REBUILD_COMMANDS["tiny-sft"] == "python " + " ".join(["scripts/sft.py", script.SFT_FIRST_STEPS["recipe"]])
+    assert models.REBUILD_COMMANDS["tiny-sft"] == f"python scripts/sft.py {script.SFT_FIRST_STEPS['recipe']}"
     mean = sum(loss for _, loss in record["loss_history"]) / steps
     assert abs(mean - dict(committed["train_loss_history"])[steps]) < 2e-4
 

@@ -173,13 +173,12 @@ def test_preference_runs_record_is_current(load_script):
     data with the script's settings, and notebook 10's default parameters are the ones it records."""
     import json
 
-    from course_utils import PROJECT_ROOT
-    from course_utils.train import file_sha256
+    from course_utils import PROJECT_ROOT, train
 
     record, script = _preference_runs_record(), load_script("bench_outcomes")
     assert record["settings"] == json.loads(json.dumps(script.PREFERENCE_RUNS))
     assert set(record["inputs_sha256"]) == set(script.PREFERENCE_INPUTS)
-    assert record["inputs_sha256"] == {name: file_sha256(PROJECT_ROOT / name) for name in record["inputs_sha256"]}
+    assert not train.stale_inputs(record)
     sweep, grpo = record["settings"]["sweep"], record["settings"]["grpo"]
     assert [(p["steps"], p["beta"]) for p in record["beta_sweep"]] == [(s, b) for s in sweep["steps"] for b in sweep["betas"]]
     assert [r["learning_rate"] for r in record["grpo"]] == grpo["learning_rates"]
