@@ -113,28 +113,47 @@ def iter_batches(
         epoch += 1
 
 
-def causal_lm_loss_sum(logits: "torch.Tensor", labels: "torch.Tensor") -> tuple["torch.Tensor", int]:
-    """Summed next-token cross-entropy and the number of predicted tokens.
-
-    ``logits`` (batch, seq, vocab) at position t predict ``labels`` at t+1; labels equal to -100 are ignored.
-    Returns ``(sum of token losses, count)`` so that the caller can divide by the count of a whole
-    accumulation window (not by the count of one micro-batch).
-    """
-    import torch.nn.functional as F
-
-    from course_utils.loss import IGNORE_INDEX
-
-    shift_logits = logits[:, :-1, :].float()  # (batch, seq-1, vocab): the last position predicts nothing
-    shift_labels = labels[:, 1:]  # (batch, seq-1)
-    loss_sum = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return loss_sum, int((shift_labels != IGNORE_INDEX).sum())
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The hand-written training loop
 # --------------------------------------------------------------------------------------------------------------
+def train_step(
+    model: "torch.nn.Module",
+    window: "Sequence[Mapping[str, torch.Tensor]]",
+    optimizer: "torch.optim.Optimizer",
+    scheduler: "torch.optim.lr_scheduler.LRScheduler",
+    max_grad_norm: float | None = 1.0,
+    autocast_dtype: "torch.dtype | None" = None,
+    scaler: "torch.amp.GradScaler | None" = None,
+) -> tuple[float, float]:
+    """One optimizer step over the micro-batches of one accumulation window; returns (loss, grad norm before clipping)."""
+    import torch
+
+    from course_utils.loss import causal_lm_loss, count_target_tokens
+
+    device = next(model.parameters()).device
+    n_items = sum(count_target_tokens(batch["labels"]) for batch in window)  # label tokens of the whole window
+    step_loss = 0.0
+    for batch in window:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+        loss = causal_lm_loss(logits, batch["labels"], num_items_in_batch=n_items)  # summed, / tokens of the window
+        (scaler.scale(loss) if scaler is not None else loss).backward()  # fp16: scaled so small gradients survive
+        step_loss += loss.item()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    clip = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the gradients hold inf/NaN
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm
+
+
 def train_loop(
     model: "torch.nn.Module",
     dataset: "datasets.Dataset",
@@ -171,8 +190,6 @@ def train_loop(
     """
     import torch
 
-    from course_utils.loss import IGNORE_INDEX
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     model.train()
@@ -191,31 +208,9 @@ def train_loop(
     interval_loss, tokens_seen, started = 0.0, 0, time.perf_counter()
     for step in range(1, max_steps + 1):
         window = [next(batches) for _ in range(gradient_accumulation_steps)]
-        n_items = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
-        step_loss = 0.0
-        for batch in window:
-            batch = {key: value.to(device) for key, value in batch.items()}
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-            loss_sum, _ = causal_lm_loss_sum(logits, batch["labels"])
-            loss = loss_sum / n_items  # normalise by the tokens of the whole window
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            step_loss += loss.item()
-            tokens_seen += batch["input_ids"].numel()
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        if max_grad_norm is not None and max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
-        else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
         used_lr = scheduler.get_last_lr()[0]
-        if scaler is not None:
-            scaler.step(optimizer)  # skipped when the gradients hold inf/NaN
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss, grad_norm = train_step(model, window, optimizer, scheduler, max_grad_norm, autocast_dtype, scaler)
+        tokens_seen += sum(batch["input_ids"].numel() for batch in window)
         interval_loss += step_loss
         if step % logging_steps == 0 or step == max_steps:
             n_steps = logging_steps if step % logging_steps == 0 else step % logging_steps
@@ -242,14 +237,17 @@ def trainer_losses(log_history: Iterable[Mapping[str, Any]]) -> list[tuple[int, 
 # --------------------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------
-def perplexity(
+def dataset_perplexity(
     model: "torch.nn.Module", dataset: "datasets.Dataset", batch_size: int = 16, device: "torch.device | str | None" = None
 ) -> tuple[float, float]:
-    """Token-weighted mean cross-entropy (nats) and perplexity ``exp(loss)`` of ``model`` on packed ``dataset``.
+    """Token-weighted mean cross-entropy (nats) of ``model`` on packed ``dataset``, and its perplexity.
 
-    Sums token losses over all blocks and divides by the total token count (not a mean of batch means).
+    Sums token losses over all blocks and divides by the total token count (not a mean of batch means);
+    the perplexity is :func:`course_utils.loss.perplexity` of that mean.
     """
     import torch
+
+    from course_utils.loss import causal_lm_loss, count_target_tokens, perplexity
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -258,14 +256,13 @@ def perplexity(
     with torch.no_grad():
         for batch in _batched(dataset, batch_size):
             logits = model(input_ids=batch["input_ids"].to(device)).logits
-            loss_sum, n = causal_lm_loss_sum(logits, batch["labels"].to(device))
-            total += float(loss_sum)
-            count += n
+            total += float(causal_lm_loss(logits, batch["labels"].to(device), reduction="sum"))
+            count += count_target_tokens(batch["labels"])
     model.train(was_training)
     if count == 0:
-        raise ValueError("perplexity: the dataset has no label tokens")
+        raise ValueError("dataset_perplexity: the dataset has no label tokens")
     mean = total / count
-    return mean, math.exp(mean)
+    return mean, perplexity(mean)
 
 
 def _batched(dataset: "datasets.Dataset", batch_size: int) -> Iterable[dict[str, "torch.Tensor"]]:
@@ -288,6 +285,8 @@ def saved_activation_bytes(model: "torch.nn.Module", input_ids: "torch.Tensor") 
     """
     import torch
 
+    from course_utils.loss import causal_lm_loss
+
     param_ptrs = {p.data_ptr() for p in model.parameters()}
     seen: set[tuple[int, int]] = set()
     total = 0
@@ -302,8 +301,7 @@ def saved_activation_bytes(model: "torch.nn.Module", input_ids: "torch.Tensor") 
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         logits = model(input_ids=input_ids).logits
-        loss_sum, n = causal_lm_loss_sum(logits, input_ids)
-        loss = loss_sum / n
+        loss = causal_lm_loss(logits, input_ids)
     return total, loss
 
 

@@ -71,8 +71,8 @@ def perplexity_figures() -> dict:
     packed = data.tokenize_and_pack(raw, tokenizer, block_size=evaluation.HELDOUT_BLOCK_SIZE)
     test_blocks = packed.train_test_split(test_size=evaluation.HELDOUT_TEST_SIZE, seed=evaluation.HELDOUT_SEED)["test"]
     trained, touched = evaluation.block_split_documents()
-    _, ppl_unseen = train.perplexity(model, unseen, batch_size=16)
-    _, ppl_blocks = train.perplexity(model, test_blocks, batch_size=16)
+    _, ppl_unseen = train.dataset_perplexity(model, unseen, batch_size=16)
+    _, ppl_blocks = train.dataset_perplexity(model, test_blocks, batch_size=16)
     return {"unseen_documents": len(evaluation.unseen_documents()), "unseen_blocks": len(unseen),
             "perplexity_unseen_documents": round(ppl_unseen, 3), "perplexity_block_split": round(ppl_blocks, 3),
             "block_split_documents_also_trained": round(len(touched & trained) / len(touched), 3)}

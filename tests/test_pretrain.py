@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from course_utils import data, models, train  # noqa: E402
 from course_utils import tokenizer as tok  # noqa: E402
+from course_utils.loss import causal_lm_loss, count_target_tokens  # noqa: E402
 
 CORPUS = DATA_DIR / "pretrain_corpus.jsonl"
 SCRIPT = PROJECT_ROOT / "scripts" / "pretrain.py"
@@ -105,19 +106,18 @@ def test_window_normalisation_equals_one_big_batch():
     logits = torch.randn(4, 6, 11, requires_grad=True)
     labels = torch.randint(0, 11, (4, 6))
     labels[0, 2:] = -100  # micro-batch 1 has fewer label tokens than micro-batch 2
-    full_sum, full_n = train.causal_lm_loss_sum(logits, labels)
+    full_sum, full_n = causal_lm_loss(logits, labels, reduction="sum"), count_target_tokens(labels)
     (full_sum / full_n).backward()
     expected = logits.grad.clone()
     logits.grad = None
     parts = [(logits[:2], labels[:2]), (logits[2:], labels[2:])]
     n_items = sum(int((lab[:, 1:] != -100).sum()) for _, lab in parts)
     for part_logits, part_labels in parts:
-        loss_sum, _ = train.causal_lm_loss_sum(part_logits, part_labels)
-        (loss_sum / n_items).backward()
+        causal_lm_loss(part_logits, part_labels, num_items_in_batch=n_items).backward()
     assert torch.allclose(logits.grad, expected, atol=1e-7)
     # ...whereas averaging micro-batch means differs when the counts differ
-    means = [train.causal_lm_loss_sum(lg, lb)[0] / train.causal_lm_loss_sum(lg, lb)[1] for lg, lb in parts]
-    assert abs(float(sum(means) / 2) - float(full_sum / full_n)) > 1e-3
+    means = [causal_lm_loss(lg, lb) for lg, lb in parts]
+    assert abs(float(sum(means).detach() / 2) - float(full_sum.detach() / full_n)) > 1e-3
 
 
 def test_train_loop_matches_trainer(small_tokenizer, packed, tmp_path):
@@ -181,7 +181,7 @@ def test_train_loop_refuses_bf16_master_weights(small_tokenizer, packed):
 def test_perplexity_is_token_weighted(small_tokenizer, packed):
     tokenizer, _ = small_tokenizer
     model = models.build_model("tiny", tokenizer, seed=0)
-    loss, ppl = train.perplexity(model, packed.select(range(10)), batch_size=3)
+    loss, ppl = train.dataset_perplexity(model, packed.select(range(10)), batch_size=3)
     assert ppl == pytest.approx(math.exp(loss))
     assert abs(loss - math.log(len(tokenizer))) < 0.5  # random init: close to uniform over the vocabulary
     batch = torch.tensor(packed.select(range(10))["input_ids"])
