@@ -51,83 +51,64 @@ class LoRALinear(nn.Module):
         super().__init__()
         if r <= 0:
             raise ValueError(f"LoRA rank must be positive, got r={r}")
-        self.base = base
-        for param in self.base.parameters():
-            param.requires_grad_(False)
-        self.r = r
-        self.alpha = alpha
-        self.scaling = alpha / r
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=base.weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=base.weight.dtype))
+        self.base = base.requires_grad_(False)  # W0 stays frozen
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=base.weight.dtype))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=base.weight.dtype))  # (out, r), zero
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    def delta_weight(self) -> torch.Tensor:
-        """``(alpha / r) * B @ A``, shape (out, in): what merging adds to ``W0``."""
-        return self.scaling * (self.lora_B @ self.lora_A)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
-
-    def merged(self) -> nn.Linear:
-        """A plain ``nn.Linear`` with ``W0 + (alpha/r) B A`` (no extra latency at inference)."""
-        out = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None)
-        out = out.to(self.base.weight.dtype)
-        with torch.no_grad():
-            out.weight.copy_(self.base.weight + self.delta_weight())
-            if self.base.bias is not None:
-                out.bias.copy_(self.base.bias)
-        return out
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}"
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def inject_lora(
-    model: nn.Module,
-    target_modules: Sequence[str] = ("q_proj", "v_proj"),
-    r: int = 8,
-    alpha: float = 16,
+    model: nn.Module, target_modules: Sequence[str] = ("q_proj", "v_proj"), r: int = 8, alpha: float = 16,
     dropout: float = 0.0,
 ) -> list[str]:
-    """Replace every ``nn.Linear`` whose name ends with a target by a :class:`LoRALinear`; freeze the rest.
+    """Replace every ``nn.Linear`` whose name ends with a target by a ``LoRALinear``; freeze the rest.
 
     Returns the replaced module names. Raises ``ValueError`` if no module matched (a typo in
     ``target_modules`` would otherwise train nothing at all).
     """
-    for param in model.parameters():
-        param.requires_grad_(False)
-    names = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules
-    ]
+    model.requires_grad_(False)  # everything frozen: only the new A and B train
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules]
     if not names:
         raise ValueError(f"inject_lora: no nn.Linear named {list(target_modules)} in {type(model).__name__}")
     for name in names:
-        _set_submodule(model, name, LoRALinear(model.get_submodule(name), r=r, alpha=alpha, dropout=dropout))
+        model.set_submodule(name, LoRALinear(model.get_submodule(name), r=r, alpha=alpha, dropout=dropout))
     return names
 
 
+def is_scratch_lora(module: nn.Module) -> bool:
+    """A from-scratch LoRA layer: this module's :class:`LoRALinear` or notebook 07's own copy of it.
+
+    Recognised by its shape, not its class (a class defined in a notebook cell is a different class object):
+    ``lora_A`` is a parameter here, whereas PEFT keeps a ``ModuleDict`` of adapters under that name.
+    """
+    return isinstance(getattr(module, "lora_A", None), nn.Parameter) and hasattr(module, "base")
+
+
+def merged_linear(layer: nn.Module) -> nn.Linear:
+    """A plain ``nn.Linear`` holding ``W0 + (alpha / r) B A`` (no extra latency at inference)."""
+    base = layer.base
+    out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None).to(base.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(base.weight + layer.scaling * (layer.lora_B @ layer.lora_A))
+        if base.bias is not None:
+            out.bias.copy_(base.bias)
+    return out
+
+
 def merge_lora(model: nn.Module) -> int:
-    """Replace each :class:`LoRALinear` by its merged ``nn.Linear`` in place; return how many were merged."""
-    names = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    """Replace each from-scratch LoRA layer by its merged ``nn.Linear`` in place; return how many were merged."""
+    names = [name for name, module in model.named_modules() if is_scratch_lora(module)]
     for name in names:
-        _set_submodule(model, name, model.get_submodule(name).merged())
+        model.set_submodule(name, merged_linear(model.get_submodule(name)))
     return len(names)
 
 
@@ -145,7 +126,7 @@ def copy_lora_to_peft(scratch: nn.Module, peft_model: nn.Module, adapter_name: s
     copied = 0
     with torch.no_grad():
         for name, module in scratch.named_modules():
-            if not isinstance(module, LoRALinear):
+            if not is_scratch_lora(module):
                 continue
             if name not in peft_layers:
                 raise KeyError(f"copy_lora_to_peft: PEFT model has no LoRA layer {name!r}")
@@ -161,7 +142,7 @@ def randomize_lora_B(model: nn.Module, std: float = 0.02, seed: int = 0) -> None
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, LoRALinear):
+            if is_scratch_lora(module):
                 module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=generator) * std)
 
 
@@ -253,15 +234,14 @@ class BottleneckAdapter(nn.Module):
 
 def add_bottleneck_adapters(model: nn.Module, bottleneck: int = 16, module_name: str = "mlp") -> int:
     """Wrap every decoder block's ``mlp`` in a :class:`BottleneckAdapter`, freeze the rest; return the count."""
-    for param in model.parameters():
-        param.requires_grad_(False)
+    model.requires_grad_(False)
     hidden = model.config.hidden_size
     names = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] == module_name]
     if not names:
         raise ValueError(f"add_bottleneck_adapters: no module named {module_name!r}")
     dtype = next(model.parameters()).dtype
     for name in names:
-        _set_submodule(model, name, BottleneckAdapter(model.get_submodule(name), hidden, bottleneck).to(dtype))
+        model.set_submodule(name, BottleneckAdapter(model.get_submodule(name), hidden, bottleneck).to(dtype))
     return len(names)
 
 

@@ -54,7 +54,7 @@ def test_lora_linear_starts_equal_to_base():
         layer.lora_B.normal_()
     expected = linear(x) + 2.0 * x @ layer.lora_A.T @ layer.lora_B.T
     torch.testing.assert_close(layer(x), expected)
-    torch.testing.assert_close(layer.merged()(x), layer(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lora.merged_linear(layer)(x), layer(x), atol=1e-5, rtol=1e-5)
 
 
 def test_scratch_lora_equals_peft(base, input_ids):
