@@ -334,10 +334,6 @@ def render_chatml(messages: Sequence[Mapping[str, str]], add_generation_prompt: 
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-
 def encode_chat(messages: Sequence[Mapping[str, str]], tokenizer: Any, max_length: int | None = None,
                 train_on: str = "assistant") -> dict[str, list[int]]:
     """Tokenise a conversation in ChatML, from scratch, with labels for SFT.
@@ -352,20 +348,22 @@ def encode_chat(messages: Sequence[Mapping[str, str]], tokenizer: Any, max_lengt
     if train_on not in ("assistant", "all"):
         raise ValueError(f"train_on must be 'assistant' or 'all', not {train_on!r}")
     messages = check_messages(list(messages), special_tokens=getattr(tokenizer, "all_special_tokens", ()))
-    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    newline = _encode(tokenizer, "\n")
+
+    def ids(text: str) -> list[int]:  # plain text to token ids, no special tokens added
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    im_start, im_end = tokenizer.convert_tokens_to_ids("<|im_start|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
     input_ids: list[int] = []
     labels: list[int] = []
     for message in messages:
-        header = [im_start] + _encode(tokenizer, message["role"] + "\n")
-        body = _encode(tokenizer, message["content"]) + [im_end]
-        trained = message["role"] == "assistant" or train_on == "all"
+        header = [im_start] + ids(message["role"] + "\n")  # <|im_start|>user\n: never trained
+        body = ids(message["content"]) + [im_end]  # the reply and its <|im_end|>: trained on assistant turns
+        newline = ids("\n")
         input_ids += header + body + newline
-        labels += [IGNORE_INDEX] * len(header) + (body if trained else [IGNORE_INDEX] * len(body))
-        labels += newline if train_on == "all" else [IGNORE_INDEX] * len(newline)
+        trained = body if message["role"] == "assistant" else [IGNORE_INDEX] * len(body)
+        labels += [IGNORE_INDEX] * len(header) + trained + [IGNORE_INDEX] * len(newline)
     if train_on == "all":
-        labels = list(input_ids)
+        labels = list(input_ids)  # every token: headers, bodies and newlines
     if max_length is not None:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}

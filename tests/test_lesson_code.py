@@ -22,6 +22,7 @@ NAME = re.compile(r"course_utils\.(\w+)\.(\w+)")
 #: What each lesson promises to write in its cells (the notebook's learning goals say so).
 EXPECTED = {
     ("05_pretraining", "train", "train_step"),
+    ("06_sft_masking", "sft", "encode_chat"),
     ("07_lora", "lora", "LoRALinear"),
     ("07_lora", "lora", "inject_lora"),
 }
