@@ -61,7 +61,8 @@ class ModelStates:
         return self.params + self.grads + self.optimizer
 
 
-def _check_stage(stage: int) -> None:
+def check_zero_stage(stage: int) -> None:
+    """Refuse anything but ZeRO stage 0, 1, 2 or 3 (a clear error instead of a silently wrong table)."""
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, got {stage!r}")
 
@@ -83,7 +84,7 @@ def zero_model_states(
     and this GPU's gradient partition to CPU memory; ``offload_param`` (ZeRO-Infinity, stage 3 only) also
     moves the weight partition. Integer division: a partition of ``num_params / N`` parameters.
     """
-    _check_stage(stage)
+    check_zero_stage(stage)
     if num_gpus < 1:
         raise ValueError(f"num_gpus must be >= 1, got {num_gpus}")
     if offload_param and stage != 3:
@@ -112,7 +113,7 @@ def slides_table_bytes(p_bytes: float, stage: int, num_gpus: int = 1) -> float:
     dtype and no fp32 master copy: exact for fp32 Adam (P = 4 bytes/param gives 16 bytes/param), but with
     16-bit weights (P = 2 bytes/param) it counts 8 bytes/param where mixed-precision Adam needs 16.
     """
-    _check_stage(stage)
+    check_zero_stage(stage)
     p, n = p_bytes, num_gpus
     return {0: 4 * p, 1: 2 * p + 2 * p / n, 2: p + 3 * p / n, 3: 4 * p / n}[stage]
 
@@ -735,7 +736,7 @@ def zero_config(
     the Trainer from its own arguments. No ``optimizer`` section: the Trainer's ``torch.optim.AdamW`` is used (the
     Trainer's DeepSpeed integration sets ``zero_allow_untested_optimizer`` itself), so DeepSpeed compiles no Adam op
     (FusedAdam / CPUAdam)."""
-    _check_stage(stage)
+    check_zero_stage(stage)
     # Buckets in elements: DeepSpeed's default reduce bucket is 5e8 elements (2 GB in fp32), allocated
     # up front; for a tiny model a small bucket is enough and saves most of the run's time on a CPU.
     zero: dict[str, Any] = {"stage": stage, "reduce_bucket_size": bucket_size, "allgather_bucket_size": bucket_size}
@@ -874,7 +875,7 @@ def measure_zero_partitions(config: Any, stages: tuple[int, ...] = (1, 2, 3), wo
     import torch.multiprocessing as mp
 
     for stage in stages:
-        _check_stage(stage)
+        check_zero_stage(stage)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -25,6 +25,7 @@ EXPECTED = {
     ("06_sft_masking", "sft", "encode_chat"),
     ("07_lora", "lora", "LoRALinear"),
     ("07_lora", "lora", "inject_lora"),
+    ("08_deepspeed_memory", "memory", "zero_model_states"),
 }
 
 
