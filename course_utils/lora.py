@@ -21,7 +21,7 @@ import io
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch import nn
 
 from course_utils.collate import causal_lm_collate
 from course_utils.loss import IGNORE_INDEX
+from course_utils.memory import SavedTensorCounter, optimizer_state_bytes, tensor_bytes
 
 #: The methods :func:`prepare_method` knows, in the order of the comparison table.
 METHODS: tuple[str, ...] = ("full", "lora", "lora-all", "adapter", "prefix", "prompt", "ia3")
@@ -317,40 +318,6 @@ def make_batches(
     return [causal_lm_collate(examples[i : i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
 
 
-def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Total bytes of the given tensors."""
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in the optimizer's state (AdamW: ``exp_avg`` and ``exp_avg_sq`` per trainable parameter)."""
-    return tensor_bytes(
-        value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)
-    )
-
-
-@contextlib.contextmanager
-def count_saved_activations(model: nn.Module):
-    """Context manager measuring the bytes autograd saves for backward (activations), parameters excluded.
-
-    Yields a dict whose ``"bytes"`` is filled in as the forward pass runs. Each storage is counted once.
-    """
-    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: set[int] = set()
-    result = {"bytes": 0}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in param_storages and ptr not in seen:
-            seen.add(ptr)
-            result["bytes"] += storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        yield result
-
-
 @torch.no_grad()
 def eval_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> float:
     """Token-weighted mean loss over ``batches`` (labels -100 ignored)."""
@@ -439,9 +406,9 @@ def train_and_measure(
             start = time.perf_counter()
         batch = {k: v.to(device) for k, v in train_batches[step % len(train_batches)].items()}
         if step == 0:
-            with count_saved_activations(model) as saved:
+            with SavedTensorCounter(model) as saved:
                 loss = model(**batch).loss
-            activation_bytes = saved["bytes"]
+            activation_bytes = saved.nbytes
         else:
             loss = model(**batch).loss
         if not torch.isfinite(loss):

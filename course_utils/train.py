@@ -279,30 +279,17 @@ def _batched(dataset: "datasets.Dataset", batch_size: int) -> Iterable[dict[str,
 def saved_activation_bytes(model: "torch.nn.Module", input_ids: "torch.Tensor") -> tuple[int, "torch.Tensor"]:
     """Bytes of tensors autograd keeps for the backward pass during one forward (and the loss, for backward).
 
-    Counted with ``torch.autograd.graph.saved_tensors_hooks`` at the outermost level, so with gradient
-    checkpointing the activations inside a checkpointed layer are not kept (only the layer inputs are).
-    Parameters saved by reference (weights used in matmuls) are not counted: only non-parameter tensors.
+    Counted by :class:`course_utils.memory.SavedTensorCounter` (``saved_tensors_hooks`` at the outermost level), so
+    with gradient checkpointing the activations inside a checkpointed layer are not kept (only the layer inputs
+    are). Parameters saved by reference (weights used in matmuls) are not counted: only non-parameter tensors.
     """
-    import torch
-
     from course_utils.loss import causal_lm_loss
+    from course_utils.memory import SavedTensorCounter
 
-    param_ptrs = {p.data_ptr() for p in model.parameters()}
-    seen: set[tuple[int, int]] = set()
-    total = 0
-
-    def pack(tensor: "torch.Tensor") -> "torch.Tensor":
-        nonlocal total
-        key = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
-        if key[0] not in param_ptrs and key not in seen:
-            seen.add(key)
-            total += key[1]
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with SavedTensorCounter(model) as saved:
         logits = model(input_ids=input_ids).logits
         loss = causal_lm_loss(logits, input_ids)
-    return total, loss
+    return saved.nbytes, loss
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -235,3 +235,14 @@ def test_two_process_zero_partitions_match_the_paper():
     assert sum(r.grads for r in rows if r.stage == 2) < sum(r.grads for r in rows if r.stage == 1)
     with pytest.raises(ValueError, match="stage"):
         M.measure_zero_partitions(models.tiny_config(), stages=(4,))
+
+
+def test_tensor_bytes_counts_each_storage_once():
+    """Views and tied weights share a storage: one count (numel x element_size per tensor would count it twice)."""
+    weight = torch.zeros(8, 4)
+    assert M.tensor_bytes([weight, weight.T, weight[:2]]) == 8 * 4 * 4
+    model = _tiny_model(layers=1)
+    assert model.lm_head.weight.untyped_storage().data_ptr() == model.model.embed_tokens.weight.untyped_storage().data_ptr()
+    tied = [model.lm_head.weight, model.model.embed_tokens.weight]
+    assert M.tensor_bytes(tied) == model.lm_head.weight.numel() * 4
+
