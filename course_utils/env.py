@@ -13,9 +13,11 @@ import platform
 import random
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from course_utils import PROJECT_ROOT
 
@@ -59,6 +61,34 @@ def progress_bars() -> bool:
         transformers.utils.logging.disable_progress_bar()
     _plain_tqdm_bars(on)
     return on
+
+
+def quiet_trainer(trainer: Any) -> Any:
+    """Remove the callback that prints ``{'loss': ...}`` dicts (timings differ run to run) and, when headless, the
+    progress bar; return the trainer (works for ``Trainer`` and every TRL trainer)."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if headless():
+        trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars ("Loading weights", "Writing model shards") and info logs inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 #: Modules that draw a bar with plain ``tqdm`` instead of their library's switchable one (transformers' GGUF loader:

@@ -31,12 +31,12 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from course_utils import DATA_DIR
+from course_utils import DATA_DIR, env
 
 if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
     import datasets
@@ -94,7 +94,6 @@ def unseen_documents(corpus: str | Path | None = None, block_size: int = HELDOUT
     key made of the corpus's and the tiny tokenizer's SHA-256 and the split's settings: a changed corpus, tokenizer
     or setting is a new key, never a stale answer.
     """
-    from course_utils import env
     from course_utils.data import load_corpus
     from course_utils.train import file_sha256
 
@@ -187,7 +186,7 @@ def evaluate_model(model: Any, tokenizer: Any, name: str = "model", *, heldout: 
     * generations: greedy replies to ``generation_prompts`` (single user turns), for reading side by side.
     """
     from course_utils.sft import generate_answers, task_accuracy
-    from course_utils.train import perplexity
+    from course_utils.train import dataset_perplexity
 
     started = time.perf_counter()
     heldout = heldout if heldout is not None else heldout_blocks(tokenizer)
@@ -196,7 +195,7 @@ def evaluate_model(model: Any, tokenizer: Any, name: str = "model", *, heldout: 
     task_rows = list(task_rows) if task_rows is not None else load_task_rows()
     was_training = model.training
     model.eval()
-    loss, ppl = perplexity(model, heldout, batch_size=16)
+    loss, ppl = dataset_perplexity(model, heldout, batch_size=16)
     by_task, predictions = task_accuracy(model, tokenizer, task_rows, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size, by_task=True, return_predictions=True)
     prompts = [[{"role": "user", "content": prompt}] for prompt in generation_prompts]
@@ -268,23 +267,6 @@ def max_abs_diff(a: Any, b: Any) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' progress bars ("Loading weights", "Writing model shards") and info logs."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def save_model(model: Any, tokenizer: Any, out_dir: str | Path, *, arguments: Mapping[str, Any] | None = None,
                data_files: Sequence[str | Path] = (), extra: Mapping[str, Any] | None = None,
                card: Mapping[str, Any] | None = None) -> Path:
@@ -297,7 +279,7 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, *, arguments: Ma
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with quiet_transformers():
+    with env.quiet_transformers():
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
     write_metadata(out, dict(arguments or {}), data_files, extra=extra)
@@ -310,7 +292,7 @@ def reload_model(out_dir: str | Path) -> tuple[Any, Any]:
     """Load a folder written by :func:`save_model` (``trust_remote_code=False``); model in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with quiet_transformers():
+    with env.quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(str(out_dir), trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(str(out_dir), trust_remote_code=False)
     return model.eval(), tokenizer
@@ -343,7 +325,7 @@ def load_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
     """``PeftModel.from_pretrained`` on ``base_model`` (must be the same base weights the adapter was trained on)."""
     from peft import PeftModel
 
-    with quiet_transformers():
+    with env.quiet_transformers():
         return PeftModel.from_pretrained(base_model, str(adapter_dir)).eval()
 
 

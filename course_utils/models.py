@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from course_utils import DATA_DIR
+from course_utils import DATA_DIR, env
 
 if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
     import torch
@@ -180,7 +180,6 @@ def load_model_and_tokenizer(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     if head not in ("causal-lm", "reward"):
         raise ValueError(f"head must be 'causal-lm' or 'reward', not {head!r}")
@@ -205,12 +204,8 @@ def load_model_and_tokenizer(
         kwargs = dict(dtype=torch_dtype if torch_dtype is not None else "auto", trust_remote_code=False, **model_kwargs)
         if head == "reward":
             torch.manual_seed(seed)
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # "score.weight newly initialized" is expected
-            try:
+            with env.quiet_transformers():  # "score.weight newly initialized" is expected
                 model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
-            finally:
-                hf_logging.set_verbosity(verbosity)
             model.config.pad_token_id = tokenizer.pad_token_id
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -396,7 +391,7 @@ def check_fits(notebook: str, name: str, device: "torch.device | str") -> int:
     """Before loading ``name``: predict what ``notebook`` needs on ``device`` (``configs/notebook_profiles.json``,
     :func:`course_utils.memory.notebook_need`) and refuse with one sentence when the device cannot hold it.
     Returns the predicted bytes (also recorded as the run's ``predicted_mib`` figure)."""
-    from course_utils import env, memory
+    from course_utils import memory
 
     need = memory.check_fits(notebook, load_config(name), device)
     env.record_key_figure("predicted_mib", round(need / 2**20))

@@ -357,23 +357,6 @@ def quiet_trainer_kwargs(device: "torch.device | str" = "cpu", seed: int = 0) ->
     )
 
 
-def silence(trainer: Any) -> Any:
-    """Remove the callback that prints ``{'loss': ...}`` dicts (non-deterministic timings) and return the trainer."""
-    from transformers import PrinterCallback, ProgressCallback
-
-    from course_utils import env
-
-    trainer.remove_callback(PrinterCallback)
-    if env.headless():
-        trainer.remove_callback(ProgressCallback)
-    return trainer
-
-
-def log_history(trainer: Any, key: str) -> list[tuple[int, float]]:
-    """``(step, value)`` pairs of one logged metric of a finished trainer (e.g. ``"loss"``, ``"rewards/margins"``)."""
-    return [(int(entry["step"]), float(entry[key])) for entry in trainer.state.log_history if key in entry]
-
-
 def rows_to_dataset(rows: Iterable[dict[str, Any]], conversational: bool = True) -> "datasets.Dataset":
     """A ``datasets.Dataset`` of preference rows (converted with :func:`to_conversational` by default)."""
     from datasets import Dataset
@@ -421,7 +404,7 @@ def beta_sweep_point(policy: Any, reference: Any, tokenizer: Any, start_state: M
     policy.load_state_dict(start_state)
     env.seed_everything(seed)
     pairs = train_rows[: config.max_steps * config.per_device_train_batch_size]
-    trainer = silence(DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
+    trainer = env.quiet_trainer(DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
                                  train_dataset=rows_to_dataset(pairs)))
     trainer.train()
     chosen, rejected = preference_logps(policy, tokenizer, test_rows)
@@ -469,15 +452,15 @@ def grpo_run(policy: Any, tokenizer: Any, practice_rows: Sequence[Mapping[str, A
     ``heldout_rows`` also the greedy task accuracy after. Trains ``policy`` in place."""
     from trl import GRPOTrainer
 
-    from course_utils import env, sft
+    from course_utils import env, sft, train
 
     before = sampled_reward(policy, tokenizer, practice_rows, samples=8, max_new_tokens=12, seed=seed)
     env.seed_everything(seed)
-    trainer = silence(GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
+    trainer = env.quiet_trainer(GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
                                   train_dataset=grpo_practice_dataset(practice_rows)))
     trainer.train()
     run = {"learning_rate": config.learning_rate, "steps": config.max_steps,
-           "rewards": log_history(trainer, "reward"), "zero_std": log_history(trainer, "frac_reward_zero_std"),
+           "rewards": train.log_history(trainer, "reward"), "zero_std": train.log_history(trainer, "frac_reward_zero_std"),
            "practice_reward": [before, sampled_reward(policy, tokenizer, practice_rows, samples=8,
                                                       max_new_tokens=12, seed=seed)]}
     if heldout_rows:

@@ -501,9 +501,9 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
     the full run). No printing; a progress bar unless headless (``env.headless()``).
     """
     from datasets import Dataset
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from course_utils import env
+    from course_utils import env, train
 
     started = time.time()
     encoded, report = encode_rows(rows, tokenizer, max_length=max_length, train_on=train_on, method=method)
@@ -535,7 +535,7 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
         **{**precision, **training_kwargs},
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=sft_collator(tokenizer))
-    trainer.remove_callback(PrinterCallback)
+    env.quiet_trainer(trainer)
     if stop_after_steps is not None:
         class _StopAfter(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -545,8 +545,7 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
 
         trainer.add_callback(_StopAfter())
     result = trainer.train()
-    losses = [(entry["step"], round(float(entry["loss"]), 4)) for entry in trainer.state.log_history
-              if "loss" in entry]
+    losses = [(step, round(loss, 4)) for step, loss in train.log_history(trainer)]
     model.eval()
     if not math.isfinite(result.training_loss):
         raise FloatingPointError(f"SFT loss is not finite: {result.training_loss}")

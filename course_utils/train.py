@@ -229,9 +229,10 @@ def train_loop(
     return history
 
 
-def trainer_losses(log_history: Iterable[Mapping[str, Any]]) -> list[tuple[int, float]]:
-    """``(step, loss)`` pairs from ``trainer.state.log_history`` (training entries only)."""
-    return [(int(entry["step"]), float(entry["loss"])) for entry in log_history if "loss" in entry]
+def log_history(trainer: Any, key: str = "loss") -> list[tuple[int, float]]:
+    """``(step, value)`` pairs of one logged metric of a trained ``Trainer`` or TRL trainer, from
+    ``trainer.state.log_history`` (``"loss"``: the training entries; e.g. ``"eval_loss"``, ``"rewards/margins"``)."""
+    return [(int(entry["step"]), float(entry[key])) for entry in trainer.state.log_history if key in entry]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def dpo_figures(args: OutcomeArguments) -> dict:
     config = pref.dpo_config(env.cache_dir() / "bench_outcomes_dpo", beta=args.dpo_beta, max_steps=args.dpo_steps,
                              batch_size=args.dpo_batch_size, learning_rate=args.dpo_learning_rate, device=device,
                              seed=args.seed)
-    trainer = pref.silence(DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
+    trainer = env.quiet_trainer(DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
                                       train_dataset=pref.rows_to_dataset(train_rows)))
     trainer.train()
     pol_c, pol_r = pref.preference_logps(policy, tokenizer, test_rows)

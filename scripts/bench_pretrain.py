@@ -56,7 +56,7 @@ def make_model(preset: str, tokenizer, device, dtype):
 def main() -> None:
     import datasets
     import torch
-    from transformers import HfArgumentParser, PrinterCallback, Trainer, TrainingArguments, default_data_collator
+    from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator
 
     from course_utils import data, train
     from course_utils import tokenizer as tok
@@ -137,7 +137,7 @@ def main() -> None:
         )
         trainer = Trainer(model=model, args=targs, train_dataset=packed, data_collator=default_data_collator,
                           callbacks=[clock])
-        trainer.remove_callback(PrinterCallback)
+        env.quiet_trainer(trainer)
         trainer.train()
         sync()
         results["trainer"] = tokens_timed / (time.perf_counter() - clock.start)

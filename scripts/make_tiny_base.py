@@ -41,9 +41,9 @@ class Arguments:
 
 def main() -> None:
     import torch
-    from transformers import HfArgumentParser, PrinterCallback, Trainer, TrainingArguments, default_data_collator
+    from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator
 
-    from course_utils import data, models
+    from course_utils import data, models, train
     from course_utils import tokenizer as tok
 
     (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses()
@@ -87,10 +87,10 @@ def main() -> None:
         eval_dataset=split["test"],
         data_collator=default_data_collator,
     )
-    trainer.remove_callback(PrinterCallback)
+    env.quiet_trainer(trainer)
     result = trainer.train()
     metrics = trainer.evaluate()
-    losses = [(entry["step"], round(entry["loss"], 4)) for entry in trainer.state.log_history if "loss" in entry]
+    losses = [(step, round(loss, 4)) for step, loss in train.log_history(trainer)]
     print("losses", losses)
     print(f"eval loss {metrics['eval_loss']:.4f}  perplexity {torch.exp(torch.tensor(metrics['eval_loss'])):.2f}")
 

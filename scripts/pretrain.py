@@ -150,7 +150,7 @@ def load_corpus(data_args: DataTrainingArguments):
 def main(argv: list[str] | None = None) -> dict:
     import datasets
     import transformers
-    from transformers import PrinterCallback, Trainer, default_data_collator
+    from transformers import Trainer, default_data_collator
     from transformers.trainer_utils import get_last_checkpoint
 
     from course_utils import data, train
@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         data_collator=default_data_collator,  # packed blocks all have the same length: just stack them
     )
-    if training_args.disable_tqdm:
-        trainer.remove_callback(PrinterCallback)
+    env.quiet_trainer(trainer)
 
     results: dict = {}
     checkpoint = training_args.resume_from_checkpoint  # a checkpoint folder, or "last" for the newest in output_dir
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = trainer.evaluate()
     metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
     results.update(metrics)
-    results["train_losses"] = train.trainer_losses(trainer.state.log_history)
+    results["train_losses"] = train.log_history(trainer)
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", {k: v for k, v in results.items() if k != "train_losses"})
         train.write_metadata(

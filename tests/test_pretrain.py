@@ -135,7 +135,7 @@ def test_train_loop_matches_trainer(small_tokenizer, packed, tmp_path):
                       data_collator=default_data_collator)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    expected = [loss for _, loss in train.trainer_losses(trainer.state.log_history)]
+    expected = [loss for _, loss in train.log_history(trainer)]
     history = train.train_loop(models.build_model("tiny", tokenizer, seed=0), packed, batch_size=4,
                                gradient_accumulation_steps=2, **hyper)
     got = [entry["loss"] for entry in history]
