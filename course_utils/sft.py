@@ -485,36 +485,34 @@ def add_lora(model: Any, tokenizer: Any, finetuning: Mapping[str, Any], seed: in
         trainable_token_indices=chat_token_ids(tokenizer) if finetuning.get("lora_chat_tokens") else None))
 
 
-def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Sequence[Mapping[str, str]]], *,
-              train_on: str = "assistant", max_length: int = 256, max_steps: int = 200, num_train_epochs: float = 1.0,
-              learning_rate: float = 1e-3, batch_size: int = 32, gradient_accumulation_steps: int = 1,
-              warmup_steps: float = 10, lr_scheduler_type: str = "cosine", weight_decay: float = 0.0,
-              logging_steps: int = 20, seed: int = 0, output_dir: str | Path | None = None,
-              device: str = "auto", method: str = "scratch", stop_after_steps: int | None = None,
-              **training_kwargs: Any) -> SFTResult:
-    """Fine-tune ``model`` in place on conversations with ``transformers.Trainer``.
+def trainer_defaults(device: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """The ``TrainingArguments`` fields every SFT run of the course sets beyond transformers' defaults.
 
-    Rows are encoded with :func:`encode_chat` (``train_on="assistant"``: loss on assistant replies only;
-    ``"all"``: on every token), over-long rows are dropped and counted, batches are right-padded with
-    :func:`sft_collator`. ``max_steps > 0`` overrides ``num_train_epochs``. ``stop_after_steps``: stop early
-    after that many optimizer steps while keeping the schedule of ``max_steps`` (so the first losses equal those of
-    the full run). No printing; a progress bar unless headless (``env.headless()``).
+    No checkpoints, no evaluation, no reporting, no progress bar when headless (``env.headless()``), the
+    sampler seeded with ``seed``, and the precision of ``device`` (``env.trainer_precision_kwargs``: bf16 where the
+    GPU computes it natively, fp16 + gradient scaler on a T4, fp32 on CPU). ``scripts/sft.py`` puts them under its
+    YAML file and command line; :func:`training_arguments` under its keywords.
     """
-    from datasets import Dataset
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from course_utils import env
 
-    from course_utils import env, train
-
-    started = time.time()
-    encoded, report = encode_rows(rows, tokenizer, max_length=max_length, train_on=train_on, method=method)
-    if not encoded:
-        raise ValueError(f"no usable rows: {report}")
-    dataset = Dataset.from_list(encoded)
     resolved = env.pick_device(device or "auto")
-    output_dir = output_dir or Path(env.cache_dir()) / "sft_run"
-    precision = env.trainer_precision_kwargs(resolved)
-    args = TrainingArguments(
-        output_dir=str(output_dir),
+    return {"save_strategy": "no", "eval_strategy": "no", "report_to": "none", "data_seed": seed,
+            "disable_tqdm": env.headless(), "use_cpu": resolved.type == "cpu", **env.trainer_precision_kwargs(resolved)}
+
+
+def training_arguments(*, max_steps: int = 200, num_train_epochs: float = 1.0, learning_rate: float = 1e-3,
+                       batch_size: int = 32, gradient_accumulation_steps: int = 1, warmup_steps: float = 10,
+                       lr_scheduler_type: str = "cosine", weight_decay: float = 0.0, logging_steps: int = 20,
+                       seed: int = 0, output_dir: str | Path | None = None, device: str = "auto",
+                       **training_kwargs: Any) -> Any:
+    """The notebooks' ``TrainingArguments`` for :func:`train_sft`: these keywords over :func:`trainer_defaults`
+    (``max_steps > 0`` overrides ``num_train_epochs``); any other ``TrainingArguments`` field in ``training_kwargs``."""
+    from transformers import TrainingArguments
+
+    from course_utils import env
+
+    return TrainingArguments(
+        output_dir=str(output_dir or Path(env.cache_dir()) / "sft_run"),
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         learning_rate=learning_rate,
@@ -525,15 +523,37 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
         max_steps=max_steps if max_steps and max_steps > 0 else -1,
         num_train_epochs=num_train_epochs,
         logging_steps=logging_steps,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
         seed=seed,
-        data_seed=seed,
-        disable_tqdm=env.headless(),  # a person sees the progress bar; the runner and CI do not
-        use_cpu=resolved.type == "cpu",
-        **{**precision, **training_kwargs},
+        **{**trainer_defaults(device, seed), **training_kwargs},
     )
+
+
+def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Sequence[Mapping[str, str]]],
+              args: Any = None, *, train_on: str = "assistant", max_length: int = 256, method: str = "scratch",
+              stop_after_steps: int | None = None, **training: Any) -> SFTResult:
+    """Fine-tune ``model`` in place on conversations with ``transformers.Trainer``.
+
+    ``args``: a ``TrainingArguments``, passed to ``Trainer`` unchanged (``scripts/sft.py`` parses it with
+    ``HfArgumentParser``); without it, ``training`` are the keywords of :func:`training_arguments`.
+    Rows are encoded with :func:`encode_chat` (``train_on="assistant"``: loss on assistant replies only;
+    ``"all"``: on every token), over-long rows are dropped and counted, batches are right-padded with
+    :func:`sft_collator`. ``stop_after_steps``: stop early after that many optimizer steps while keeping the
+    schedule of ``max_steps`` (so the first losses equal those of the full run). No printing; a progress bar unless
+    headless (``env.headless()``).
+    """
+    from datasets import Dataset
+    from transformers import Trainer, TrainerCallback
+
+    from course_utils import env, train
+
+    if args is not None and training:
+        raise TypeError(f"train_sft: pass either a TrainingArguments (args) or its keywords, not both: {sorted(training)}")
+    args = args if args is not None else training_arguments(**training)
+    started = time.time()
+    encoded, report = encode_rows(rows, tokenizer, max_length=max_length, train_on=train_on, method=method)
+    if not encoded:
+        raise ValueError(f"no usable rows: {report}")
+    dataset = Dataset.from_list(encoded)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=sft_collator(tokenizer))
     env.quiet_trainer(trainer)
     if stop_after_steps is not None:

@@ -18,13 +18,10 @@ preceded by an untimed warm-up pass.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from course_utils import DATA_DIR, env  # noqa: E402
+from course_utils import DATA_DIR, env
 
 env.setup_offline()
 

@@ -30,9 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from course_utils import env  # noqa: E402
+from course_utils import env
 
 env.setup_offline()
 

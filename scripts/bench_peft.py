@@ -32,9 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from course_utils import env  # noqa: E402
+from course_utils import env
 
 env.setup_offline()
 

@@ -12,14 +12,10 @@ attention's own FLOPs left out; bf16 dense peak of the GPU).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from course_utils import DATA_DIR, env  # noqa: E402
+from course_utils import DATA_DIR, env
 
 env.setup_offline()
 

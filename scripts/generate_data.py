@@ -8,15 +8,10 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from course_utils.datagen import DEFAULT_SEED, generate_all  # noqa: E402
+from course_utils.datagen import DEFAULT_SEED, generate_all
 
 
 def main(argv: list[str] | None = None) -> int:

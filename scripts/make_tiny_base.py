@@ -16,10 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from course_utils import DATA_DIR, env  # noqa: E402
-from course_utils.train import file_sha256  # noqa: E402
+from course_utils import DATA_DIR, env
+from course_utils.train import file_sha256
 
 env.setup_offline()
 

@@ -21,13 +21,10 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from course_utils import DATA_DIR, env  # noqa: E402
+from course_utils import DATA_DIR, env
 
 # Offline unless HF_HUB_OFFLINE=0 is set. On CPU, DS_ACCELERATOR=cpu must be set before deepspeed is imported;
 # on a GPU machine DeepSpeed finds the GPU itself.

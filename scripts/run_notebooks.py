@@ -26,10 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from course_utils import env
 
-from course_utils import env  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 NOTEBOOK_BUDGET_S = 120
 TOTAL_BUDGET_S = 300

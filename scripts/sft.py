@@ -26,11 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from course_utils import DATA_DIR, PROJECT_ROOT, env  # noqa: E402
-from course_utils.train import file_sha256  # noqa: E402
+from course_utils import DATA_DIR, PROJECT_ROOT, env
+from course_utils.train import file_sha256
 
 if __name__ == "__main__":  # before transformers is imported; importing this file (tests, notebook 11) changes nothing
     env.setup_offline(offline=False) if "--online" in sys.argv else env.setup_offline()
@@ -99,35 +96,44 @@ SEED_KEYS: dict[str, str] = {
 
 
 def parse_arguments(argv: list[str]) -> tuple:
-    """``config.yaml [--key value ...]`` or plain ``--key value`` flags -> the four argument dataclasses."""
+    """``config.yaml [--key value ...]`` or plain ``--key value`` flags -> the four argument dataclasses.
+
+    The ``TrainingArguments`` is built here, once, by ``HfArgumentParser`` and then passed to ``Trainer`` unchanged;
+    the course's defaults (``sft.trainer_defaults``: no checkpoints, precision by hardware, ...) sit under the YAML
+    file and the command line, which override them.
+    """
     import yaml
     from transformers import HfArgumentParser, TrainingArguments
 
+    from course_utils import sft
+
     parser = HfArgumentParser((ModelArguments, DataArguments, FinetuningArguments, TrainingArguments))
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        config = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}
-        rest = argv[1:]
-        known = {f.name for cls in parser.dataclass_types for f in fields(cls)}
-        while rest:
-            key = rest.pop(0)
-            if not key.startswith("--"):
-                raise SystemExit(f"expected --key value after the YAML file, got {key!r}")
-            key = key[2:].replace("-", "_")
-            if "=" in key:
-                key, value = key.split("=", 1)
-            elif rest and not rest[0].startswith("--"):
-                value = rest.pop(0)
-            else:
-                value = "true"
-            config[key] = yaml.safe_load(value)
-        unknown = sorted(set(config) - known)
-        if unknown:
-            hints = "".join(f"\n  {key}: use {SEED_KEYS[key]}" for key in unknown if key in SEED_KEYS)
-            raise SystemExit(f"unknown keys in {argv[0]}: {unknown}{hints}")
+    from_yaml = bool(argv) and argv[0].endswith((".yaml", ".yml"))
+    source = argv[0] if from_yaml else "the command line"
+    config = (yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}) if from_yaml else {}
+    rest = argv[1:] if from_yaml else list(argv)
+    known = {f.name for cls in parser.dataclass_types for f in fields(cls)}
+    while rest:
+        key = rest.pop(0)
+        if not key.startswith("--"):
+            raise SystemExit(f"expected --key value{' after the YAML file' if from_yaml else ''}, got {key!r}")
+        key = key[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif rest and not rest[0].startswith("--"):
+            value = rest.pop(0)
+        else:
+            value = "true"
+        config[key] = yaml.safe_load(value)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        hints = "".join(f"\n  {key}: use {SEED_KEYS[key]}" for key in unknown if key in SEED_KEYS)
+        raise SystemExit(f"unknown keys in {source}: {unknown}{hints}")
+    if from_yaml:
         config.setdefault("output_dir", str(DATA_DIR / "tiny_sft"))
-        _coerce_numbers(config, parser, argv[0])
-        return parser.parse_dict(config)
-    return parser.parse_args_into_dataclasses(args=argv)
+    _coerce_numbers(config, parser, source)
+    defaults = sft.trainer_defaults("cpu" if config.get("use_cpu") else "auto", seed=config.get("seed", 42))
+    return parser.parse_dict({**defaults, **config})
 
 
 def _coerce_numbers(config: dict, parser, source: str) -> None:
@@ -236,17 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     ta = training_args
-    result = sft.train_sft(
-        model, tokenizer, rows,
-        train_on="all" if data_args.train_on_prompt else "assistant",
-        max_length=data_args.cutoff_len, max_steps=ta.max_steps, num_train_epochs=ta.num_train_epochs,
-        learning_rate=ta.learning_rate, batch_size=ta.per_device_train_batch_size,
-        gradient_accumulation_steps=ta.gradient_accumulation_steps, warmup_steps=ta.warmup_steps,
-        lr_scheduler_type=str(getattr(ta.lr_scheduler_type, "value", ta.lr_scheduler_type)),
-        weight_decay=ta.weight_decay, logging_steps=int(ta.logging_steps), seed=ta.seed,
-        output_dir=str(Path(env.cache_dir()) / "sft_script_run"), device=str(resolved), method=method,
-        gradient_checkpointing=ta.gradient_checkpointing, stop_after_steps=ft_args.stop_after_steps,
-    )
+    result = sft.train_sft(model, tokenizer, rows, ta, train_on="all" if data_args.train_on_prompt else "assistant",
+                           max_length=data_args.cutoff_len, method=method, stop_after_steps=ft_args.stop_after_steps)
     print(result.report)
     print("losses", result.losses)
     model = result.model
