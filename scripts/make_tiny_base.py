@@ -5,19 +5,18 @@
 
 Trains the byte-level BPE tokenizer on ``data_samples/pretrain_corpus.jsonl``, packs the corpus into
 blocks, and pretrains the ``tiny`` preset with ``Trainer`` (cosine schedule, warm-up, clipping) on CPU.
-Weights are saved as safetensors next to a ``metadata.json`` (data fingerprint, arguments, versions).
+Weights are saved as safetensors next to a ``metadata.json`` (``train.write_metadata``: data fingerprint, arguments, git commit,
+versions, the loss history).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from course_utils import DATA_DIR, env
-from course_utils.train import file_sha256
 
 env.setup_offline()
 
@@ -96,22 +95,21 @@ def main() -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    import importlib.metadata as md
-
-    metadata = {
-        "command": "python scripts/make_tiny_base.py " + " ".join(sys.argv[1:]),
-        "arguments": asdict(args) | {"corpus": Path(args.corpus).name, "output_dir": Path(args.output_dir).name},
-        "data_sha256": file_sha256(Path(args.corpus)),
-        "num_parameters": model.num_parameters(),
-        "train_loss_history": losses,
-        "final_train_loss": losses[-1][1],  # the last logged loss
-        "mean_train_loss": round(result.training_loss, 4),  # Trainer's training_loss: the mean over the run
-        "eval_loss": round(metrics["eval_loss"], 4),
-        "seconds": round(time.time() - started, 1),
-        "versions": {name: md.version(name) for name in ("torch", "transformers", "tokenizers", "datasets")},
-    }
-    (out / "metadata.json").write_text(json.dumps(metadata, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(json.dumps(metadata, indent=1, ensure_ascii=False))
+    path = train.write_metadata(
+        out,
+        arguments=asdict(args) | {"corpus": Path(args.corpus).name, "output_dir": Path(args.output_dir).name},
+        data_files=[args.corpus],
+        extra={
+            "command": "python scripts/make_tiny_base.py " + " ".join(sys.argv[1:]),
+            "num_parameters": model.num_parameters(),
+            "train_loss_history": losses,
+            "final_train_loss": losses[-1][1],  # the last logged loss
+            "mean_train_loss": round(result.training_loss, 4),  # Trainer's training_loss: the mean over the run
+            "eval_loss": round(metrics["eval_loss"], 4),
+            "seconds": round(time.time() - started, 1),
+        },
+    )
+    print(path.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

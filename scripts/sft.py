@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from course_utils import DATA_DIR, PROJECT_ROOT, env
-from course_utils.train import file_sha256
 
 if __name__ == "__main__":  # before transformers is imported; importing this file (tests, notebook 11) changes nothing
     env.setup_offline(offline=False) if "--online" in sys.argv else env.setup_offline()
@@ -183,9 +182,7 @@ def write_model_card(out: Path, metadata: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import importlib.metadata as md
-
-    from course_utils import models, sft
+    from course_utils import models, sft, train
     from course_utils import tokenizer as tok
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -269,20 +266,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     data_files = [Path(data_args.dataset_dir) / entry["file_name"] for name, entry in
                   sft.load_dataset_info(data_args.dataset_info).items() if name in data_args.dataset.split(",")]
-    metadata = {
+    arguments = {
+        "model": asdict(model_args),
+        "data": {k: (Path(v).name if k in ("dataset_dir", "dataset_info", "eval_tasks") and v else v)
+                 for k, v in asdict(data_args).items()},
+        "finetuning": asdict(ft_args),
+        "training": {k: getattr(ta, k) for k in ("learning_rate", "per_device_train_batch_size", "max_steps",
+                                                 "num_train_epochs", "warmup_steps", "weight_decay", "seed",
+                                                 "gradient_accumulation_steps")}
+                    | {"lr_scheduler_type": str(getattr(ta.lr_scheduler_type, "value", ta.lr_scheduler_type))},
+    }
+    path = train.write_metadata(out, arguments, data_files, extra={
         "command": "python scripts/sft.py " + " ".join(argv),
         "base_model": model_args.model_name_or_path,
-        "arguments": {
-            "model": asdict(model_args),
-            "data": {k: (Path(v).name if k in ("dataset_dir", "dataset_info", "eval_tasks") and v else v)
-                     for k, v in asdict(data_args).items()},
-            "finetuning": asdict(ft_args),
-            "training": {k: getattr(ta, k) for k in ("learning_rate", "per_device_train_batch_size", "max_steps",
-                                                     "num_train_epochs", "warmup_steps", "weight_decay", "seed",
-                                                     "gradient_accumulation_steps")}
-                        | {"lr_scheduler_type": str(getattr(ta.lr_scheduler_type, "value", ta.lr_scheduler_type))},
-        },
-        "data_sha256": {path.name: file_sha256(path) for path in data_files},
         "num_train_examples": result.num_examples,
         "dropped": dict(result.report.dropped),
         "trainable_parameters": trainable,
@@ -292,9 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
         "task_accuracy": {"before": before, "after": after},
         "seconds": round(time.time() - started, 1),  # wall clock: loading, training, both evaluations, saving
         "device": str(resolved),
-        "versions": {name: md.version(name) for name in ("torch", "transformers", "tokenizers", "peft")},
-    }
-    (out / "metadata.json").write_text(json.dumps(metadata, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    })
+    metadata = json.loads(path.read_text(encoding="utf-8"))
     write_model_card(out, metadata)
     print(json.dumps({k: metadata[k] for k in ("final_train_loss", "task_accuracy", "seconds")}, ensure_ascii=False))
     return metadata

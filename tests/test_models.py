@@ -120,12 +120,29 @@ def _rerun(args: list[str], timeout: int) -> dict:
 
 
 def _assert_history_matches(rebuilt: dict, committed: dict, label: str) -> None:
+    assert rebuilt["data"] == committed["data"], label  # the same data files, byte for byte
     """Same logged steps; losses to 1e-3 through REBUILD_EXACT_UNTIL_STEP, within REBUILD_LOSS_TOLERANCE after it."""
     assert [s for s, _ in rebuilt["train_loss_history"]] == [s for s, _ in committed["train_loss_history"]]
     for (step, new), (_, old) in zip(rebuilt["train_loss_history"], committed["train_loss_history"]):
         tolerance = 1e-3 if step <= REBUILD_EXACT_UNTIL_STEP else REBUILD_LOSS_TOLERANCE
         assert abs(new - old) <= tolerance, (label, step, new, old)
     assert rebuilt["final_train_loss"] == rebuilt["train_loss_history"][-1][1] < rebuilt["mean_train_loss"]
+
+
+@pytest.mark.parametrize("name", ["tiny-base", "tiny-sft", "tiny-sft-all-tokens"])
+def test_committed_model_metadata_fingerprints_todays_data(name):
+    """Each committed model's metadata.json has train.write_metadata's layout (the one writer of every script) and
+    its data fingerprints are today's files: a regenerated data file shows here before a rebuild test is run."""
+    import json
+
+    from course_utils import PROJECT_ROOT
+    from course_utils.train import file_sha256
+
+    metadata = json.loads((models.LOCAL_MODELS[name] / "metadata.json").read_text(encoding="utf-8"))
+    assert list(metadata)[:4] == ["arguments", "data", "git_commit", "versions"] and metadata["data"], name
+    for entry in metadata["data"]:
+        path = PROJECT_ROOT / entry["path"]
+        assert (entry["bytes"], entry["sha256"]) == (path.stat().st_size, file_sha256(path)), (name, entry["path"])
 
 
 @pytest.mark.slow

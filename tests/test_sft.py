@@ -10,6 +10,7 @@ import pytest
 
 from course_utils import DATA_DIR, PROJECT_ROOT, sft
 from course_utils.data import DataFormatError
+from course_utils.train import file_sha256
 
 IGNORE = sft.IGNORE_INDEX
 
@@ -291,6 +292,11 @@ def test_lora_run_saves_a_merged_model_and_its_adapter(tmp_path, load_script):
         with with_adapter.disable_adapter():
             base_logits = with_adapter(ids).logits
         assert not torch.allclose(merged(ids).logits, base_logits, atol=1e-4)  # the two steps changed the model
+    metadata = json.loads((out / "metadata.json").read_text(encoding="utf-8"))  # train.write_metadata's layout
+    assert list(metadata)[:4] == ["arguments", "data", "git_commit", "versions"] and "peft" in metadata["versions"]
+    assert metadata["data"] == [{"path": "tasks_train.jsonl", "bytes": (data / "tasks_train.jsonl").stat().st_size,
+                                 "sha256": file_sha256(data / "tasks_train.jsonl")}]
+    assert metadata["command"].startswith("python scripts/sft.py ") and len(metadata["train_loss_history"]) == 2
 
 
 def test_committed_sft_runs_differ_only_in_train_on_prompt():
