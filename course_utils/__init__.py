@@ -32,3 +32,5 @@ def _find_root() -> Path:
 
 PROJECT_ROOT: Path = _find_root()
 DATA_DIR: Path = PROJECT_ROOT / "data_samples"
+#: The committed tiny base model and its tokenizer (``scripts/make_tiny_base.py``); ``models.LOCAL_MODELS["tiny-base"]``.
+TINY_BASE_DIR: Path = DATA_DIR / "tiny_base"

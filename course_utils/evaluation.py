@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from course_utils import DATA_DIR, env
+from course_utils import DATA_DIR, TINY_BASE_DIR, env
 
 if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
     import datasets
@@ -72,7 +72,7 @@ def block_split_documents(corpus: str | Path | None = None, block_size: int = HE
     from course_utils.data import load_corpus, tokenize_and_pack
 
     raw = load_corpus(Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl")
-    packed = tokenize_and_pack(raw, tok.load_tiny_tokenizer(DATA_DIR / "tiny_base"), block_size=block_size,
+    packed = tokenize_and_pack(raw, tok.load_tiny_tokenizer(), block_size=block_size,
                                document_ids=True)
     split = packed.train_test_split(test_size=test_size, seed=seed)
     return ({d for block in split["train"]["document"] for d in block},
@@ -99,7 +99,7 @@ def unseen_documents(corpus: str | Path | None = None, block_size: int = HELDOUT
 
     corpus_path = Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl"
     key = hashlib.sha256(json.dumps([_UNSEEN_CACHE_VERSION, file_sha256(corpus_path),
-                                     file_sha256(DATA_DIR / "tiny_base" / "tokenizer.json"), block_size, test_size,
+                                     file_sha256(TINY_BASE_DIR / "tokenizer.json"), block_size, test_size,
                                      seed]).encode()).hexdigest()[:16]
     cached = env.cache_dir() / "unseen_documents" / f"{key}.json"
     try:

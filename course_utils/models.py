@@ -19,13 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from course_utils import DATA_DIR, env
+from course_utils import DATA_DIR, TINY_BASE_DIR, env
 
 if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
     import torch
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
-TINY_BASE_DIR: Path = DATA_DIR / "tiny_base"
 
 #: Qwen2 architecture, scaled down so that a 2-core CPU trains it at ~9k tokens/s.
 PRESETS: dict[str, dict[str, Any]] = {

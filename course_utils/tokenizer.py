@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from course_utils import DATA_DIR
+from course_utils import DATA_DIR, TINY_BASE_DIR
 
 if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
     import sentencepiece
@@ -49,7 +49,6 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-TINY_TOKENIZER_DIR: Path = DATA_DIR / "tiny_base"
 
 #: Qwen2's pre-tokenization regex (digits split one by one, letters grouped, CJK runs kept together).
 PRETOKENIZE_REGEX = (
@@ -123,7 +122,7 @@ def load_tiny_tokenizer(path: Path | None = None) -> "PreTrainedTokenizerFast":
     """Load the committed tiny tokenizer (``data_samples/tiny_base``), the one the tiny base model was trained with."""
     from transformers import AutoTokenizer
 
-    path = path or TINY_TOKENIZER_DIR
+    path = path or TINY_BASE_DIR
     if not (Path(path) / "tokenizer.json").exists():
         raise FileNotFoundError(
             f"{path}/tokenizer.json not found: run `python scripts/make_tiny_base.py` to rebuild the tiny base"

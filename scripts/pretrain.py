@@ -104,7 +104,7 @@ def load_tokenizer(model_args: ModelArguments):
     name = model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name
     if model_args.trust_remote_code:
         raise SystemExit("trust_remote_code=True would execute code shipped with the checkpoint; not supported here")
-    return models.load_tokenizer("tiny" if name in ("tiny", "tiny-base") else name, template="model")
+    return models.load_tokenizer(name, template="model")
 
 
 def build_model(model_args: ModelArguments, tokenizer, seed: int):

@@ -8,7 +8,7 @@ from itertools import islice
 
 import pytest
 
-from course_utils import DATA_DIR, PROJECT_ROOT, sft
+from course_utils import DATA_DIR, PROJECT_ROOT, TINY_BASE_DIR, models, sft
 from course_utils.data import DataFormatError
 from course_utils.train import file_sha256
 
@@ -36,7 +36,7 @@ CONVERSATIONS = {
 def tokenizer():
     from course_utils import tokenizer as tok
 
-    if (tok.TINY_TOKENIZER_DIR / "tokenizer.json").exists():
+    if (TINY_BASE_DIR / "tokenizer.json").exists():
         return tok.load_tiny_tokenizer()
     return tok.train_tiny_tokenizer(islice(tok.iter_corpus_texts(), 400), vocab_size=1024)
 
@@ -72,8 +72,6 @@ def test_trl_collated_labels_equal(tokenizer):
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from course_utils import models
-
     datasets.disable_progress_bars()
     max_length = 30
     conversations = list(CONVERSATIONS.values())
@@ -97,8 +95,6 @@ def test_trl_collated_labels_equal(tokenizer):
 def test_truncation_drops_rows_without_trained_tokens(tokenizer):
     import torch
 
-    from course_utils import models
-
     rows = [CONVERSATIONS["long"], CONVERSATIONS["single"]]
     first_trained = [next(i for i, label in enumerate(sft.encode_chat(m, tokenizer)["labels"]) if label != IGNORE)
                      for m in rows]
@@ -120,8 +116,6 @@ def test_truncation_drops_rows_without_trained_tokens(tokenizer):
 def test_loss_is_shifted_cross_entropy_on_assistant_tokens(tokenizer):
     import torch
     import torch.nn.functional as F
-
-    from course_utils import models
 
     model = models.build_model("tiny", tokenizer, seed=0)
     batch = sft.sft_collator(tokenizer)([sft.encode_chat(m, tokenizer) for m in CONVERSATIONS.values()])
@@ -224,7 +218,7 @@ def tiny_sft():
 
     from course_utils import tokenizer as tok
 
-    path = DATA_DIR / "tiny_sft"
+    path = models.LOCAL_MODELS["tiny-sft"]
     if not (path / "model.safetensors").exists():
         pytest.skip("data_samples/tiny_sft not built yet")
     return AutoModelForCausalLM.from_pretrained(str(path)), tok.load_tiny_tokenizer(path)
@@ -232,7 +226,7 @@ def tiny_sft():
 
 def test_generate_and_accuracy_on_tiny_sft(tiny_sft):
     model, tokenizer = tiny_sft
-    path = DATA_DIR / "tiny_sft"
+    path = models.LOCAL_MODELS["tiny-sft"]
     rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
     accuracy = sft.task_accuracy(model, tokenizer, rows[:60])
     metadata = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
@@ -268,8 +262,6 @@ def test_lora_run_saves_a_merged_model_and_its_adapter(tmp_path, load_script):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from course_utils import models
 
     script = load_script("sft")
     data = tmp_path / "data"

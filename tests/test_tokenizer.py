@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from course_utils import TINY_BASE_DIR
 from course_utils import tokenizer as tk
 
 TEXTS = [
@@ -107,7 +108,7 @@ def test_save_and_load_tiny_tokenizer(tokenizer, tmp_path):
         tk.load_tiny_tokenizer(tmp_path / "missing")
 
 
-@pytest.mark.skipif(not (tk.TINY_TOKENIZER_DIR / "tokenizer.json").exists(), reason="tiny base not built yet")
+@pytest.mark.skipif(not (TINY_BASE_DIR / "tokenizer.json").exists(), reason="tiny base not built yet")
 def test_committed_tiny_tokenizer():
     loaded = tk.load_tiny_tokenizer()
     assert [loaded.convert_tokens_to_ids(t) for t in tk.SPECIAL_TOKENS] == [0, 1, 2, 3]
