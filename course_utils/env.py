@@ -331,12 +331,3 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("COURSE_CACHE", PROJECT_ROOT / ".cache"))
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def hub_endpoint_hint() -> str:
-    """How to reach model weights from mainland China (printed by notebooks, never applied silently)."""
-    return (
-        "Hugging Face Hub unreachable? Set HF_ENDPOINT=https://hf-mirror.com before importing transformers, "
-        "or download with ModelScope: `pip install modelscope; modelscope download --model Qwen/Qwen2.5-0.5B`, "
-        "then pass the local folder as MODEL."
-    )

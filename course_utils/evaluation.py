@@ -14,7 +14,7 @@ workbook trains; the functions work the same on a hub model such as ``Qwen/Qwen2
   of the logits;
 * export: :func:`export_onnx` + :func:`onnx_logits` (``torch.onnx`` dynamo exporter, run with onnxruntime);
   :func:`export_gguf` + :func:`read_gguf` + :func:`verify_gguf` (``gguf`` package, llama.cpp's ``qwen2`` tensor
-  names, tokenizer metadata); :func:`tensorrt_status` says what TensorRT would need;
+  names, tokenizer metadata) (what TensorRT would need: notebook 11);
 * documentation: :func:`write_model_card` (README.md next to a saved model).
 """
 
@@ -689,31 +689,6 @@ def verify_gguf(model: Any, tokenizer: Any, path: str | Path, input_ids: "torch.
     return GGUFCheck(n_tensors=len(contents.tensors), names_match_library=library_ok, max_value_diff=worst,
                      max_logit_diff=logit_diff, tokens_match=tokens_ok, merges_match=merges_ok, special_ids=ids,
                      file_bytes=Path(path).stat().st_size)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# TensorRT
-# ----------------------------------------------------------------------------------------------------------------
-
-TENSORRT_NEEDS: str = (
-    "TensorRT needs an NVIDIA GPU (CUDA driver) and the TensorRT libraries (pip `tensorrt` or NVIDIA's container); "
-    "for LLMs use TensorRT-LLM (`trtllm-build` from a Hugging Face checkpoint) or build an engine from the ONNX "
-    "file with `trtexec --onnx=model.onnx --saveEngine=model.plan`. The engine is specific to the GPU model and "
-    "TensorRT version it was built with."
-)
-
-
-def tensorrt_status() -> tuple[bool, str]:
-    """``(can_run, message)``: True only with a CUDA GPU and an importable ``tensorrt``; else why not."""
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
-        return False, "skipped: no NVIDIA GPU (CUDA) on this machine. " + TENSORRT_NEEDS
-    if importlib.util.find_spec("tensorrt") is None:
-        return False, "skipped: the `tensorrt` package is not installed. " + TENSORRT_NEEDS
-    return True, "TensorRT available on " + torch.cuda.get_device_name(0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -16,10 +16,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -191,22 +188,6 @@ def lora_param_formula(config: Any, target_modules: Sequence[str] = ("q_proj", "
     if unknown:
         raise ValueError(f"lora_param_formula: unknown target modules {sorted(unknown)}")
     return config.num_hidden_layers * sum(r * sum(shapes[name]) for name in target_modules)
-
-
-def slides_formula(config: Any, n_targets_per_layer: int = 2, r: int = 8) -> int:
-    """The seeds' ``Theta = 2 * L_LoRA * d_model * r`` (``L_LoRA`` = number of LoRA modules): square targets only."""
-    return 2 * config.num_hidden_layers * n_targets_per_layer * config.hidden_size * r
-
-
-def peft_printed_trainable(peft_model: Any) -> int:
-    """Run PEFT's ``print_trainable_parameters()`` and parse the trainable count it prints."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        peft_model.print_trainable_parameters()
-    match = re.search(r"trainable params: ([\d,]+)", buffer.getvalue())
-    if match is None:
-        raise ValueError(f"unexpected print_trainable_parameters output: {buffer.getvalue()!r}")
-    return int(match.group(1).replace(",", ""))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ positions without a target (padding, prompt).
 * ``sequence_mean_loss``    every sequence weighs the same, whatever its length;
 * ``weighted_causal_lm_loss`` per-example (e.g. per-task) weights;
 * ``accumulate_gradients``  micro-batch loop with the naive or the token-count normalisation;
-* ``slides_shifted_labels`` the lecture slide's hand-shifted labels: shifted twice when given to a HF model;
-* ``ignore_pad_id_loss``    the mistake ``ignore_index=pad_id`` with ``pad = eos``: every EOS drops out of the loss.
 """
 
 from __future__ import annotations
@@ -125,32 +123,6 @@ def mask_prompt(labels: torch.Tensor | Sequence[int], prompt_length: int) -> lis
     if not 0 <= prompt_length <= len(labels):
         raise ValueError(f"prompt_length {prompt_length} outside 0..{len(labels)}")
     return [IGNORE_INDEX] * prompt_length + labels[prompt_length:]
-
-
-def slides_shifted_labels(input_ids: Sequence[int]) -> list[int]:
-    """The lecture slide's code: ``labels[:-1] = labels[1:]; labels[-1] = -100; labels[0] = -100``.
-
-    Correct only for a loss that does NOT shift. A Hugging Face causal LM shifts again, so position ``t``
-    is then trained to predict ``input_ids[t + 2]`` (a skip-one-token model) -- the pitfall of notebook 04.
-    """
-    labels = list(input_ids)
-    labels[:-1] = labels[1:]
-    labels[-1] = IGNORE_INDEX
-    labels[0] = IGNORE_INDEX
-    return labels
-
-
-def ignore_pad_id_loss(logits: torch.Tensor, input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """The mistake ``cross_entropy(..., ignore_index=pad_id)`` on labels = input_ids.
-
-    It does drop the padding, but when ``pad_id == eos_id`` it also drops every real EOS target, so the
-    model is never taught to stop. The fix: pad labels with -100 by position (``causal_lm_collate``) and keep
-    a dedicated pad token.
-    """
-    shift_logits, shift_labels = shift_logits_and_labels(logits, input_ids)
-    return F.cross_entropy(
-        shift_logits.float().reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=pad_id
-    )
 
 
 def perplexity(loss: float | torch.Tensor) -> float:

@@ -153,12 +153,6 @@ def test_onnx_matches_pytorch(model, ids, tmp_path):
         ev.onnx_logits(path, ids[:, :8])
 
 
-def test_tensorrt_status_says_what_it_needs():
-    ok, message = ev.tensorrt_status()
-    if not torch.cuda.is_available():
-        assert not ok and "NVIDIA GPU" in message and "TensorRT" in message
-
-
 def test_evaluate_model_small(model, tokenizer):
     held = ev.heldout_blocks(tokenizer, max_blocks=4)
     rows = sft.load_task_rows(limit=6)

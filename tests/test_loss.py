@@ -43,22 +43,6 @@ def test_label_smoothing_matches_torch(model, batch):
     assert torch.allclose(ours, ref, atol=1e-6)
 
 
-def test_slides_labels_are_shifted_twice(model, batch, tok):
-    ids = batch["input_ids"][1][batch["attention_mask"][1].bool()].tolist()
-    wrong = loss.slides_shifted_labels(ids)
-    assert wrong[0] == -100 and wrong[-1] == -100 and wrong[1:-1] == ids[2:]
-    # what a HF model then trains: position t predicts input_ids[t + 2]
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        logits = model(input_ids=x, use_cache=False).logits
-        hf = model(input_ids=x, labels=torch.tensor([wrong]), use_cache=False).loss
-    skip_one = F.cross_entropy(logits[0, :-2], x[0, 2:])
-    assert torch.allclose(hf, skip_one, atol=1e-6)
-    # and the loss without the model's shift is the correct next-token loss
-    assert torch.allclose(F.cross_entropy(logits[0], torch.tensor(wrong), ignore_index=-100),
-                          F.cross_entropy(logits[0, 1:-1], x[0, 2:]), atol=1e-6)
-
-
 def test_sequence_mean_and_weights(model, batch):
     with torch.no_grad():
         logits = model(**batch, use_cache=False).logits
@@ -90,17 +74,6 @@ def test_no_target_raises_instead_of_nan():
         loss.causal_lm_loss(logits, labels[:, :3])
     with pytest.raises(ValueError, match="reduction"):
         loss.causal_lm_loss(logits, labels, reduction="max")
-
-
-def test_ignore_pad_id_drops_eos_when_pad_is_eos():
-    eos = 2
-    ids = torch.tensor([[5, 6, eos, eos, eos]])  # one real EOS, then padding with pad = eos
-    logits = torch.randn(1, 5, 10, generator=torch.Generator().manual_seed(0))
-    wrong = loss.ignore_pad_id_loss(logits, ids, pad_id=eos)
-    only_tokens = F.cross_entropy(logits[0, :1], ids[0, 1:2])  # EOS never a target
-    assert torch.allclose(wrong, only_tokens)
-    right = loss.causal_lm_loss(logits, torch.tensor([[5, 6, eos, -100, -100]]))
-    assert torch.allclose(right, F.cross_entropy(logits[0, :2], ids[0, 1:3]))
 
 
 def test_mask_prompt():
