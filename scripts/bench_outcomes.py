@@ -93,25 +93,24 @@ def dpo_figures(args: OutcomeArguments) -> dict:
     import torch
     from trl import DPOTrainer
 
-    from course_utils import DATA_DIR, models, sft
-    from course_utils import preference as pref
+    from course_utils import DATA_DIR, models, preference, sft
 
     policy, tokenizer = models.load_model_and_tokenizer("tiny-sft")
     reference = copy.deepcopy(policy).eval()
-    train_rows, _ = pref.load_preference_rows(DATA_DIR / "preference_train.jsonl")
-    test_rows, _ = pref.load_preference_rows(DATA_DIR / "preference_test.jsonl")
+    train_rows, _ = preference.load_preference_rows(DATA_DIR / "preference_train.jsonl")
+    test_rows, _ = preference.load_preference_rows(DATA_DIR / "preference_test.jsonl")
     task_rows = sft.load_task_rows(DATA_DIR / "tasks_test.jsonl")
     task_before = sft.task_accuracy(reference, tokenizer, task_rows)
-    ref_c, ref_r = pref.preference_logps(reference, tokenizer, test_rows)
+    ref_c, ref_r = preference.preference_logps(reference, tokenizer, test_rows)
     device = next(policy.parameters()).device
-    config = pref.dpo_config(env.cache_dir() / "bench_outcomes_dpo", beta=args.dpo_beta, max_steps=args.dpo_steps,
+    config = preference.dpo_config(env.cache_dir() / "bench_outcomes_dpo", beta=args.dpo_beta, max_steps=args.dpo_steps,
                              batch_size=args.dpo_batch_size, learning_rate=args.dpo_learning_rate, device=device,
                              seed=args.seed)
     trainer = env.quiet_trainer(DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
-                                      train_dataset=pref.rows_to_dataset(train_rows)))
+                                      train_dataset=preference.rows_to_dataset(train_rows)))
     trainer.train()
-    pol_c, pol_r = pref.preference_logps(policy, tokenizer, test_rows)
-    after = pref.dpo_metrics(pol_c, pol_r, ref_c, ref_r, beta=args.dpo_beta)
+    pol_c, pol_r = preference.preference_logps(policy, tokenizer, test_rows)
+    after = preference.dpo_metrics(pol_c, pol_r, ref_c, ref_r, beta=args.dpo_beta)
     kinds = {}
     for kind in sorted({r["rejected_kind"] for r in test_rows}):
         idx = torch.tensor([i for i, r in enumerate(test_rows) if r["rejected_kind"] == kind])
@@ -142,37 +141,36 @@ PREFERENCE_INPUTS = ("data_samples/tiny_sft/model.safetensors", "data_samples/pr
 def preference_runs(seed: int = 0) -> dict:
     """Notebook 10's beta sweep (every beta at every length, from the same SFT policy) and its GRPO demo at each
     learning rate, with the settings in ``PREFERENCE_RUNS``."""
-    from course_utils import DATA_DIR, datagen, models, sft, train
-    from course_utils import preference as pref
+    from course_utils import DATA_DIR, datagen, models, preference, sft, train
 
     policy, tokenizer = models.load_model_and_tokenizer("tiny-sft")
     device = next(policy.parameters()).device
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     start = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-    train_rows, _ = pref.load_preference_rows(DATA_DIR / "preference_train.jsonl")
-    test_rows, _ = pref.load_preference_rows(DATA_DIR / "preference_test.jsonl")
+    train_rows, _ = preference.load_preference_rows(DATA_DIR / "preference_train.jsonl")
+    test_rows, _ = preference.load_preference_rows(DATA_DIR / "preference_test.jsonl")
     task_test = sft.load_task_rows(DATA_DIR / "tasks_test.jsonl")
     sweep_cfg, grpo_cfg = PREFERENCE_RUNS["sweep"], PREFERENCE_RUNS["grpo"]
     sweep_test = test_rows[: sweep_cfg["test_pairs"]]
-    ref_logps = pref.preference_logps(reference, tokenizer, sweep_test)
+    ref_logps = preference.preference_logps(reference, tokenizer, sweep_test)
     points = []
     for steps in sweep_cfg["steps"]:
         for beta in sweep_cfg["betas"]:
-            config = pref.dpo_config(env.cache_dir() / "bench_outcomes_sweep", beta=beta, max_steps=steps,
+            config = preference.dpo_config(env.cache_dir() / "bench_outcomes_sweep", beta=beta, max_steps=steps,
                                      batch_size=sweep_cfg["batch_size"], learning_rate=sweep_cfg["learning_rate"],
                                      device=device, seed=seed)
-            point = pref.beta_sweep_point(policy, reference, tokenizer, start, train_rows, sweep_test, ref_logps,
+            point = preference.beta_sweep_point(policy, reference, tokenizer, start, train_rows, sweep_test, ref_logps,
                                           config, seed=seed, task_rows=task_test[: sweep_cfg["task_rows"]])
             points.append({k: round(v, 4) if isinstance(v, float) else v for k, v in point.items()})
             print("  sweep", json.dumps(points[-1]), flush=True)
     practice = sft.load_task_rows(DATA_DIR / "tasks_train.jsonl")[: grpo_cfg["prompts"]]
-    reward = pref.make_verifiable_reward(datagen.score_answer)
+    reward = preference.make_verifiable_reward(datagen.score_answer)
     runs = []
     for lr in grpo_cfg["learning_rates"]:
         policy.load_state_dict(start)
-        config = pref.grpo_config(env.cache_dir() / "bench_outcomes_grpo", max_steps=grpo_cfg["steps"],
+        config = preference.grpo_config(env.cache_dir() / "bench_outcomes_grpo", max_steps=grpo_cfg["steps"],
                                   learning_rate=lr, device=device, seed=seed)
-        run = pref.grpo_run(policy, tokenizer, practice, [reward], config, seed=seed,
+        run = preference.grpo_run(policy, tokenizer, practice, [reward], config, seed=seed,
                             heldout_rows=task_test[: grpo_cfg["heldout_rows"]])
         runs.append({"learning_rate": lr, "steps": run["steps"],
                      "rewards": [round(v, 4) for _, v in run["rewards"]],

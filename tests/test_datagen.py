@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from course_utils import datagen as dg  # noqa: E402
+from course_utils import datagen  # noqa: E402
 from course_utils.train import file_sha256  # noqa: E402
 
 COMMITTED = ROOT / "data_samples"
@@ -34,7 +34,7 @@ def _rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One generation at the default seed and scale (about 2-3 s)."""
-    return dg.generate_all(tmp_path_factory.mktemp("full"), seed=dg.DEFAULT_SEED)
+    return datagen.generate_all(tmp_path_factory.mktemp("full"), seed=datagen.DEFAULT_SEED)
 
 
 @pytest.fixture(scope="module")
@@ -51,24 +51,24 @@ def manifest(full: dict[str, Path]) -> dict:
 # --------------------------------------------------------------------------- determinism
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
-    a = dg.generate_all(tmp_path / "a", seed=3, scale=SMALL)
-    b = dg.generate_all(tmp_path / "b", seed=3, scale=SMALL)
-    assert set(a) == set(dg.FILES)
+    a = datagen.generate_all(tmp_path / "a", seed=3, scale=SMALL)
+    b = datagen.generate_all(tmp_path / "b", seed=3, scale=SMALL)
+    assert set(a) == set(datagen.FILES)
     assert _hashes(a) == _hashes(b)
 
 
 def test_different_seed_different_bytes(tmp_path: Path) -> None:
-    a = _hashes(dg.generate_all(tmp_path / "a", seed=0, scale=SMALL))
-    b = _hashes(dg.generate_all(tmp_path / "b", seed=1, scale=SMALL))
+    a = _hashes(datagen.generate_all(tmp_path / "a", seed=0, scale=SMALL))
+    b = _hashes(datagen.generate_all(tmp_path / "b", seed=1, scale=SMALL))
     for key in ("pretrain", "tasks_train", "tasks_test", "alpaca_raw", "sft_messages",
                 "preference_train", "preference_test"):
         assert a[key] != b[key], key
-    assert dg.build_world(0) != dg.build_world(1)
+    assert datagen.build_world(0) != datagen.build_world(1)
 
 
 def test_committed_files_match_fresh_generation(full: dict[str, Path]) -> None:
     """data_samples/ must be exactly `python scripts/generate_data.py --seed 0 --out data_samples/`."""
-    for key, rel in dg.FILES.items():
+    for key, rel in datagen.FILES.items():
         committed = COMMITTED / rel
         assert committed.exists(), f"missing committed file {rel}"
         assert file_sha256(committed) == file_sha256(full[key]), (
@@ -81,8 +81,8 @@ def test_cli_small(tmp_path: Path) -> None:
                           "--seed", "5", "--out", str(out), "--scale", "0.02"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    ref = dg.generate_all(tmp_path / "ref", seed=5, scale=0.02)
-    for key, rel in dg.FILES.items():
+    ref = datagen.generate_all(tmp_path / "ref", seed=5, scale=0.02)
+    for key, rel in datagen.FILES.items():
         assert file_sha256(out / rel) == file_sha256(ref[key]), rel
 
 
@@ -125,7 +125,7 @@ def test_pretrain_schema(data: dict[str, list[dict]]) -> None:
 
 def test_world_facts_in_corpus(data: dict[str, list[dict]]) -> None:
     text = "\n".join(r["text"] for r in data["pretrain"])
-    world = dg.build_world(0)
+    world = datagen.build_world(0)
     assert len(world) == 60
     for c in world:
         for lang in ("en", "zh"):
@@ -137,7 +137,7 @@ def test_world_facts_in_corpus(data: dict[str, list[dict]]) -> None:
 def test_task_schema(data: dict[str, list[dict]]) -> None:
     for split in ("tasks_train", "tasks_test"):
         rows = data[split]
-        assert {r["task"] for r in rows} == set(dg.TASK_TYPES)
+        assert {r["task"] for r in rows} == set(datagen.TASK_TYPES)
         assert len({r["id"] for r in rows}) == len(rows)
         for r in rows:
             assert set(r) == {"id", "task", "lang", "instruction", "input", "output", "answer"}
@@ -168,8 +168,8 @@ def test_chat_schemas(data: dict[str, list[dict]]) -> None:
 
 def test_task_splits_disjoint(data: dict[str, list[dict]]) -> None:
     train, test = data["tasks_train"], data["tasks_test"]
-    train_prompts = {dg.task_prompt(r) for r in train}
-    test_prompts = {dg.task_prompt(r) for r in test}
+    train_prompts = {datagen.task_prompt(r) for r in train}
+    test_prompts = {datagen.task_prompt(r) for r in test}
     assert not train_prompts & test_prompts
     assert len(test_prompts) == len(test)
 
@@ -180,7 +180,7 @@ def test_task_splits_disjoint(data: dict[str, list[dict]]) -> None:
         assert not pairs(train, task) & pairs(test, task), task
     words_tr = {r["input"] for r in train if r["task"] == "first_letter"}
     assert not words_tr & {r["input"] for r in test if r["task"] == "first_letter"}
-    c_train, c_test = dg.task_splits()["countries"]
+    c_train, c_test = datagen.task_splits()["countries"]
     for task in ("capital", "currency"):
         asked_tr = {r["answer"] for r in train if r["task"] == task}
         asked_te = {r["answer"] for r in test if r["task"] == task}
@@ -190,7 +190,7 @@ def test_task_splits_disjoint(data: dict[str, list[dict]]) -> None:
 
 def test_held_out_countries_are_asked_in_no_train_file(data: dict[str, list[dict]]) -> None:
     """A test country's name, capital and currency occur in no SFT/DPO train file; the corpus states them."""
-    _, c_test = dg.task_splits()["countries"]
+    _, c_test = datagen.task_splits()["countries"]
     held = {c.get(k, lang) for c in c_test for lang in ("en", "zh") for k in ("name", "capital", "currency")}
     for name in ("tasks_train", "sft_messages", "sharegpt", "alpaca_raw", "preference_train"):
         text = json.dumps(data[name], ensure_ascii=False)
@@ -200,11 +200,11 @@ def test_held_out_countries_are_asked_in_no_train_file(data: dict[str, list[dict
 
 
 def test_no_test_prompt_in_training_files(data: dict[str, list[dict]]) -> None:
-    test_prompts = {dg.task_prompt(r) for r in data["tasks_test"]}
+    test_prompts = {datagen.task_prompt(r) for r in data["tasks_test"]}
     test_questions = {r["input"] for r in data["tasks_test"] if r["task"] == "capital"}
     users = [m["content"] for r in data["sft_messages"] for m in r["messages"] if m["role"] == "user"]
     users += [t["value"] for r in data["sharegpt"] for t in r["conversations"] if t["from"] == "human"]
-    users += [dg.task_prompt(r) for r in data["alpaca_raw"]]
+    users += [datagen.task_prompt(r) for r in data["alpaca_raw"]]
     users += [r["prompt"] for r in data["preference_train"]]
     for u in users:
         assert u not in test_prompts
@@ -220,7 +220,7 @@ def test_no_test_prompt_in_training_files(data: dict[str, list[dict]]) -> None:
 def test_gold_answers_score(data: dict[str, list[dict]]) -> None:
     for split in ("tasks_train", "tasks_test"):
         for r in data[split]:
-            assert dg.score_answer(r["task"], r["output"], r["answer"]), r
+            assert datagen.score_answer(r["task"], r["output"], r["answer"]), r
 
 
 def test_preferences_checkable(data: dict[str, list[dict]]) -> None:
@@ -228,8 +228,8 @@ def test_preferences_checkable(data: dict[str, list[dict]]) -> None:
         kinds = [r["rejected_kind"] for r in data[split]]
         assert kinds.count("wrong") > 0.7 * len(kinds)
         for r in data[split]:
-            assert dg.score_answer(r["task"], r["chosen"], r["answer"]), r
-            assert not dg.score_answer(r["task"], r["rejected"], r["answer"]), r
+            assert datagen.score_answer(r["task"], r["chosen"], r["answer"]), r
+            assert not datagen.score_answer(r["task"], r["rejected"], r["answer"]), r
 
 
 @pytest.mark.parametrize("task,pred,answer,ok", [
@@ -254,12 +254,12 @@ def test_preferences_checkable(data: dict[str, list[dict]]) -> None:
     ("currency", "The currency of Torria is the Vosu leaf.", "Vosu mark", False),
 ])
 def test_score_answer_cases(task: str, pred: str, answer: str, ok: bool) -> None:
-    assert dg.score_answer(task, pred, answer) is ok
+    assert datagen.score_answer(task, pred, answer) is ok
 
 
 def test_score_answer_unknown_task() -> None:
     with pytest.raises(ValueError):
-        dg.score_answer("nope", "1", "1")
+        datagen.score_answer("nope", "1", "1")
 
 
 # --------------------------------------------------------------------------- dirty alpaca rows
@@ -273,10 +273,10 @@ def test_manifest_matches_rows(data: dict[str, list[dict]], manifest: dict) -> N
     rows = data["alpaca_raw"]
     by_id = {r["id"]: r for r in rows}
     assert len(by_id) == len(rows) == manifest["n_rows"]
-    assert set(manifest["kinds"]) == set(dg.DIRTY_KINDS)
+    assert set(manifest["kinds"]) == set(datagen.DIRTY_KINDS)
     dirty = [i for ids in manifest["kinds"].values() for i in ids]
     assert len(dirty) == len(set(dirty))  # one kind per row
-    assert manifest == dg.dirty_manifest(0)
+    assert manifest == datagen.dirty_manifest(0)
     for kind, ids in manifest["kinds"].items():
         assert 0.01 * len(rows) <= len(ids) <= 0.05 * len(rows), kind
     pos = {r["id"]: n for n, r in enumerate(rows)}
@@ -323,7 +323,7 @@ def test_manifest_matches_rows(data: dict[str, list[dict]], manifest: dict) -> N
         text = r["instruction"] + r["input"] + r["output"]
         assert len(r["output"].strip()) >= 4, r
         assert not _EMAIL_RE.search(text) and not _PHONE_RE.search(r["output"]), r
-        assert not any(w in text.lower() for w in dg.BANNED_WORDS), r
+        assert not any(w in text.lower() for w in datagen.BANNED_WORDS), r
         assert not _ODD_SCRIPT_RE.search(text), r
         assert not re.search(r"[\u00c0-\u00ff\u0080-\u009f\ufffd]", text), r
         assert not re.search(r"[\u3000\u00a0\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]", text), r
@@ -358,7 +358,7 @@ def _validate_line(raw: bytes, fmt: str) -> bool:
 
 
 def test_bad_examples(full: dict[str, Path]) -> None:
-    for name, info in dg.BAD_EXAMPLES.items():
+    for name, info in datagen.BAD_EXAMPLES.items():
         lines = (full["pretrain"].parent / "bad_examples" / name).read_bytes().splitlines()
         assert 3 <= len(lines) <= 6
         bad = [n + 1 for n, line in enumerate(lines) if not _validate_line(line, info["format"])]

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import data, sft
-from course_utils import evaluation as ev
-from course_utils import preference as pref
+from course_utils import data, evaluation, preference, sft
 from course_utils.data import DataFormatError
 
 GOOD = {
@@ -39,7 +37,7 @@ def load_sft(path, on_error="raise"):
 
 
 def load_pref(path, on_error="raise"):
-    return pref.load_preference_rows(path, on_error=on_error)
+    return preference.load_preference_rows(path, on_error=on_error)
 
 
 def load_tasks(path, on_error="raise"):
@@ -104,7 +102,7 @@ def test_empty_txt_corpus_and_heldout_blocks(tmp_path):
     from course_utils import tokenizer as tok
 
     with pytest.raises(DataFormatError, match="empty.jsonl: empty dataset"):
-        ev.heldout_blocks(tok.load_tiny_tokenizer(), corpus=write(tmp_path / "empty.jsonl", ""))
+        evaluation.heldout_blocks(tok.load_tiny_tokenizer(), corpus=write(tmp_path / "empty.jsonl", ""))
 
 
 # --- encodings: BOM and CRLF are valid -------------------------------------------------------------------------
@@ -240,9 +238,9 @@ PREF_BAD = [
 def test_preference_bad_pairs(tmp_path, row, field, words):
     path = write(tmp_path / "pref.jsonl", lines(GOOD["preference"], row))
     with pytest.raises(DataFormatError, match=words) as info:
-        pref.load_preference_rows(path)
+        preference.load_preference_rows(path)
     assert (info.value.line, info.value.field) == (2, field)
-    rows, report = pref.load_preference_rows(path, on_error="skip")
+    rows, report = preference.load_preference_rows(path, on_error="skip")
     assert len(rows) == 1 and list(report.dropped) == [f"{words} ({field})"]
 
 

@@ -13,8 +13,7 @@ env.setup_offline()
 
 import torch  # noqa: E402
 
-from course_utils import models  # noqa: E402
-from course_utils import preference as pref  # noqa: E402
+from course_utils import models, preference  # noqa: E402
 from course_utils import tokenizer as tk  # noqa: E402
 
 ROWS = [
@@ -35,27 +34,27 @@ def tok():
 
 def _args(cls, tmp_path, **kw):
     return cls(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
-               **pref.quiet_trainer_kwargs("cpu"), **kw)
+               **preference.quiet_trainer_kwargs("cpu"), **kw)
 
 
 def test_to_conversational_and_question_key():
-    conv = pref.to_conversational(ROWS[0])
+    conv = preference.to_conversational(ROWS[0])
     assert conv["prompt"] == [{"role": "user", "content": ROWS[0]["prompt"]}]
     assert conv["chosen"] == [{"role": "assistant", "content": ROWS[0]["chosen"]}]
-    assert pref.to_conversational(conv) == conv
+    assert preference.to_conversational(conv) == conv
     with pytest.raises(KeyError, match="question"):
-        pref.to_conversational({"question": "q", "chosen": "a", "rejected": "b"})
+        preference.to_conversational({"question": "q", "chosen": "a", "rejected": "b"})
 
 
 def test_bradley_terry_basics():
     rc = torch.tensor([2.0, 0.0, -1.0])
     rr = torch.tensor([0.0, 0.0, 1.0])
     expected = -sum(math.log(1 / (1 + math.exp(-d))) for d in (2.0, 0.0, -2.0)) / 3
-    assert pref.bradley_terry_loss(rc, rr).item() == pytest.approx(expected, rel=1e-6)
-    assert pref.bradley_terry_loss(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(math.log(2), rel=1e-6)
+    assert preference.bradley_terry_loss(rc, rr).item() == pytest.approx(expected, rel=1e-6)
+    assert preference.bradley_terry_loss(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(math.log(2), rel=1e-6)
     # stable where log(sigmoid(x)) underflows
-    assert torch.isfinite(pref.bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([200.0])))
-    assert pref.pairwise_accuracy(rc, rr) == pytest.approx(1 / 3)
+    assert torch.isfinite(preference.bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([200.0])))
+    assert preference.pairwise_accuracy(rc, rr) == pytest.approx(1 / 3)
 
 
 def test_bradley_terry_equals_reward_trainer(tok, tmp_path):
@@ -68,36 +67,36 @@ def test_bradley_terry_equals_reward_trainer(tok, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = RewardTrainer(model=model, args=_args(RewardConfig, tmp_path), processing_class=tok,
-                                train_dataset=pref.rows_to_dataset(ROWS))
+                                train_dataset=preference.rows_to_dataset(ROWS))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))])
-    ours = pref.reward_batch(ROWS, tok)
+    ours = preference.reward_batch(ROWS, tok)
     assert torch.equal(ours["input_ids"], batch["input_ids"])
     assert torch.equal(ours["attention_mask"], batch["attention_mask"])
     model.eval()
     with torch.no_grad():
         trl_loss = trainer.compute_loss(model, dict(batch)).item()
-        rewards = pref.sequence_rewards(model, batch["input_ids"], batch["attention_mask"], tok.pad_token_id)
+        rewards = preference.sequence_rewards(model, batch["input_ids"], batch["attention_mask"], tok.pad_token_id)
         library_rewards = model(**batch).logits.squeeze(-1)
     torch.testing.assert_close(rewards, library_rewards, rtol=1e-5, atol=1e-6)
     n = len(ROWS)
-    ours_loss = pref.bradley_terry_loss(rewards[:n], rewards[n:]).item()
+    ours_loss = preference.bradley_terry_loss(rewards[:n], rewards[n:]).item()
     assert abs(ours_loss - trl_loss) < 1e-6
-    chosen, rejected = pref.score_pairs(model, tok, ROWS, batch_size=3)
+    chosen, rejected = preference.score_pairs(model, tok, ROWS, batch_size=3)
     torch.testing.assert_close(torch.tensor(chosen), library_rewards[:n], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.tensor(rejected), library_rewards[n:], rtol=1e-5, atol=1e-5)
 
 
 def test_dpo_loss_basics():
     zeros = torch.zeros(3)
-    loss, rc, rr = pref.dpo_loss(torch.tensor([-5.0, -2.0, -9.0]), torch.tensor([-6.0, -1.0, -9.0]),
+    loss, rc, rr = preference.dpo_loss(torch.tensor([-5.0, -2.0, -9.0]), torch.tensor([-6.0, -1.0, -9.0]),
                                  torch.tensor([-5.0, -2.0, -9.0]), torch.tensor([-6.0, -1.0, -9.0]), beta=0.1)
     assert loss.item() == pytest.approx(math.log(2), rel=1e-6)  # policy == reference
     assert torch.equal(rc, zeros) and torch.equal(rr, zeros)
-    loss, rc, rr = pref.dpo_loss(torch.tensor([-4.0]), torch.tensor([-8.0]), torch.tensor([-5.0]),
+    loss, rc, rr = preference.dpo_loss(torch.tensor([-4.0]), torch.tensor([-8.0]), torch.tensor([-5.0]),
                                  torch.tensor([-6.0]), beta=0.5)
     assert rc.item() == pytest.approx(0.5) and rr.item() == pytest.approx(-1.0)
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.5))), rel=1e-6)
-    m = pref.dpo_metrics(torch.tensor([-4.0]), torch.tensor([-8.0]), torch.tensor([-5.0]), torch.tensor([-6.0]), 0.5)
+    m = preference.dpo_metrics(torch.tensor([-4.0]), torch.tensor([-8.0]), torch.tensor([-5.0]), torch.tensor([-6.0]), 0.5)
     assert m["reward_accuracy"] == 1.0 and m["reward_margin"] == pytest.approx(1.5) and m["logp_accuracy"] == 1.0
 
 
@@ -109,15 +108,15 @@ def test_dpo_loss_equals_dpo_trainer(tok, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = DPOTrainer(model=policy, ref_model=reference, args=_args(DPOConfig, tmp_path, beta=0.3),
-                             processing_class=tok, train_dataset=pref.rows_to_dataset(ROWS))
+                             processing_class=tok, train_dataset=preference.rows_to_dataset(ROWS))
     examples = [trainer.train_dataset[i] for i in range(len(ROWS))]
-    ours = [pref.tokenize_preference(row, tok) for row in ROWS]
+    ours = [preference.tokenize_preference(row, tok) for row in ROWS]
     for mine, theirs in zip(ours, examples):
         for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
             assert mine[key] == theirs[key], key
     assert ours[0]["chosen_ids"][-2:] == tok.convert_tokens_to_ids(["<|im_end|>"]) + tok("\n")["input_ids"]
     batch = trainer.data_collator(examples)
-    mine_batch = pref.collate_preference(ours, tok.pad_token_id)
+    mine_batch = preference.collate_preference(ours, tok.pad_token_id)
     for key in mine_batch:
         assert torch.equal(mine_batch[key], batch[key]), key
     with torch.no_grad():  # make the policy differ from the reference
@@ -127,15 +126,15 @@ def test_dpo_loss_equals_dpo_trainer(tok, tmp_path):
     policy.eval()
     with torch.no_grad():
         trl_loss = trainer.compute_loss(policy, dict(batch)).item()
-        pl = pref.completion_logps(policy, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-        rl = pref.completion_logps(reference, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        pl = preference.completion_logps(policy, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        rl = preference.completion_logps(reference, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
     n = len(ROWS)
-    ours_loss, rc, rr = pref.dpo_loss(pl[:n], pl[n:], rl[:n], rl[n:], beta=0.3)
+    ours_loss, rc, rr = preference.dpo_loss(pl[:n], pl[n:], rl[:n], rl[n:], beta=0.3)
     assert abs(ours_loss.item() - math.log(2)) > 1e-3  # a non-trivial batch
     assert abs(ours_loss.item() - trl_loss) < 1e-5
     logged = trainer._metrics["eval"]  # compute_loss logs under "eval" when the model is in eval mode
     assert logged["rewards/margins"][-1] == pytest.approx((rc - rr).mean().item(), abs=1e-4)
-    pc, pr = pref.preference_logps(policy, tok, ROWS, batch_size=3)
+    pc, pr = preference.preference_logps(policy, tok, ROWS, batch_size=3)
     torch.testing.assert_close(pc, pl[:n], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(pr, pl[n:], rtol=1e-4, atol=1e-4)
 
@@ -143,10 +142,10 @@ def test_dpo_loss_equals_dpo_trainer(tok, tmp_path):
 def test_verifiable_reward_and_group_advantages():
     from course_utils.datagen import score_answer
 
-    reward = pref.make_verifiable_reward(score_answer)
+    reward = preference.make_verifiable_reward(score_answer)
     completions = [[{"role": "assistant", "content": "6"}], [{"role": "assistant", "content": "7"}], "F"]
     assert reward(completions=completions, task=["add", "add", "first_letter"], answer=["6", "6", "f"]) == [1.0, 0.0, 1.0]
-    adv = pref.group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]), group_size=4)
+    adv = preference.group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]), group_size=4)
     assert adv.shape == (8,)
     assert adv[:4].sum().abs() < 1e-5 and adv[0] > 0 > adv[1]
     assert torch.equal(adv[4:], torch.zeros(4))  # all-equal group: no learning signal
@@ -165,7 +164,7 @@ def _preference_runs_record() -> dict:
 
     from course_utils import DATA_DIR
 
-    return json.loads((DATA_DIR / pref.PREFERENCE_RUNS_FILE).read_text(encoding="utf-8"))
+    return json.loads((DATA_DIR / preference.PREFERENCE_RUNS_FILE).read_text(encoding="utf-8"))
 
 
 def test_preference_runs_record_is_current(load_script):
@@ -210,7 +209,7 @@ def test_committed_preference_runs_are_rebuilt_by_their_command(tmp_path):
                           env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                                                     WORKBOOK_HEADLESS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
-    rebuilt = json.loads((tmp_path / pref.PREFERENCE_RUNS_FILE).read_text(encoding="utf-8"))
+    rebuilt = json.loads((tmp_path / preference.PREFERENCE_RUNS_FILE).read_text(encoding="utf-8"))
     assert rebuilt["inputs_sha256"] == record["inputs_sha256"]
     for new, old in zip(rebuilt["beta_sweep"], record["beta_sweep"], strict=True):
         assert (new["beta"], new["steps"]) == (old["beta"], old["steps"])

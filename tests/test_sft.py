@@ -327,7 +327,7 @@ def test_stop_after_steps_keeps_the_schedule(tokenizer):
 
 
 def test_sampled_generation_is_seeded_and_grouped(tiny_sft):
-    from course_utils import preference as pref
+    from course_utils import preference
 
     model, tokenizer = tiny_sft
     rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
@@ -335,5 +335,5 @@ def test_sampled_generation_is_seeded_and_grouped(tiny_sft):
     first = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
     again = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
     assert len(first) == 12 and first == again
-    reward = pref.sampled_reward(model, tokenizer, rows[:8], samples=4, seed=0)
-    assert 0.0 <= reward <= 1.0 and reward == pref.sampled_reward(model, tokenizer, rows[:8], samples=4, seed=0)
+    reward = preference.sampled_reward(model, tokenizer, rows[:8], samples=4, seed=0)
+    assert 0.0 <= reward <= 1.0 and reward == preference.sampled_reward(model, tokenizer, rows[:8], samples=4, seed=0)
