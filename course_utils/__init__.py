@@ -1,6 +1,6 @@
 """Helpers shared by the LLM training workbook notebooks and scripts.
 
-One module per topic: ``env``, ``data``, ``datagen``, ``tokenizer``, ``collate``, ``loss``, ``models``,
+One module per topic: ``env``, ``data``, ``cleaning``, ``datagen``, ``tokenizer``, ``collate``, ``loss``, ``models``,
 ``sft``, ``lora``, ``memory``, ``preference``, ``evaluation``, ``export``, ``plotting``, ``bootstrap``. Import the
 module you need, e.g. ``from course_utils import env, models``.
 
