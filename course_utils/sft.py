@@ -474,7 +474,7 @@ def add_lora(model: Any, tokenizer: Any, finetuning: Mapping[str, Any], seed: in
     from peft import LoraConfig, get_peft_model
 
     from course_utils import env
-    from course_utils.lora import chat_token_ids
+    from course_utils.tokenizer import chat_token_ids
 
     target = finetuning.get("lora_target", "all")
     target = "all-linear" if target == "all" else [name.strip() for name in target.split(",") if name.strip()]

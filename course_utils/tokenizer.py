@@ -355,3 +355,11 @@ def require_generation_markers(tokenizer: "PreTrainedTokenizerBase", purpose: st
             "so every label would be -100 (0 trained tokens). Call course_utils.tokenizer.use_training_template("
             "tokenizer) (or load with models.load_model_and_tokenizer, which does) first."
         )
+
+
+def chat_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of the ChatML control tokens (``<|im_start|>``, ``<|im_end|>``) that frame every SFT example."""
+    ids = tokenizer.convert_tokens_to_ids([IM_START, IM_END])
+    if None in ids or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids):
+        raise ValueError("the tokenizer has no ChatML tokens <|im_start|> / <|im_end|>")
+    return ids

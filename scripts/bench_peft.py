@@ -41,7 +41,7 @@ env.setup_offline()
 class BenchArguments:
     model: str = field(default="tiny-base", metadata={"help": "tiny-base, tiny, or a hub name / local folder"})
     methods: str = field(default=",".join(("full", "lora", "lora-all", "adapter", "prefix", "prompt", "ia3")),
-                         metadata={"help": "comma-separated name[/rN][+tokens] (course_utils.lora.METHODS; "
+                         metadata={"help": "comma-separated name[/rN][+tokens] (course_utils.peft_methods.METHODS; "
                                                    "--fit_lr without --methods: every FIT_GRID method)"})
     max_steps: int = field(default=10, metadata={"help": "training steps per method (notebook 07: 10)"})
     batch_size: int = field(default=16)
@@ -63,7 +63,7 @@ class BenchArguments:
 #: Learning rates tried per method with ``--fit_lr``: three per method around the rate usual for it (parameter-efficient
 #: methods start from zero/identity and need larger rates), a factor 3 apart, or 10 where a first grid put the best
 #: rate at an edge and its accuracy stayed at the base's (adapter, prefix, prompt: measured up to 1e-1 / 3e-1). A method is
-#: ``name[/rN][+tokens]``: a ``course_utils.lora.METHODS`` name, a LoRA rank other than ``--r`` (alpha = 2 * rank,
+#: ``name[/rN][+tokens]``: a ``course_utils.peft_methods.METHODS`` name, a LoRA rank other than ``--r`` (alpha = 2 * rank,
 #: the same alpha/r as the default r=8, alpha=16), and ``+tokens`` to train the ChatML tokens' embedding rows.
 FIT_GRID: dict[str, tuple[float, ...]] = {
     "full": (3e-4, 1e-3, 3e-3),
@@ -80,11 +80,11 @@ FIT_GRID: dict[str, tuple[float, ...]] = {
 
 def parse_method(spec: str, args: BenchArguments) -> tuple[str, int, float, bool]:
     """``"lora-all/r2+tokens"`` -> ``("lora-all", 2, 4.0, True)`` (see ``FIT_GRID``)."""
-    from course_utils import lora
+    from course_utils import peft_methods
 
     match = re.fullmatch(r"([a-z0-9-]+)(?:/r([1-9]\d*))?(\+tokens)?", spec)
-    if not match or match.group(1) not in lora.METHODS:
-        raise SystemExit(f"unknown method {spec!r}: expected name[/rN][+tokens] with a name in {lora.METHODS}")
+    if not match or match.group(1) not in peft_methods.METHODS:
+        raise SystemExit(f"unknown method {spec!r}: expected name[/rN][+tokens] with a name in {peft_methods.METHODS}")
     name, rank, tokens = match.group(1), match.group(2), bool(match.group(3))
     if (rank or tokens) and not name.startswith("lora"):
         raise SystemExit(f"{spec!r}: a rank and +tokens are LoRA options")
@@ -97,7 +97,8 @@ def main() -> int:
     (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses()
     import torch
 
-    from course_utils import DATA_DIR, lora, models, sft
+    from course_utils import DATA_DIR, models, peft_methods, sft
+    from course_utils.tokenizer import chat_token_ids
 
     env.seed_everything(args.seed)
     device = env.pick_device(args.device)
@@ -128,17 +129,17 @@ def main() -> int:
 
     train_encoded, test_encoded = encode(train_rows), encode(test_rows)
     order = torch.randperm(len(train_encoded), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    train_batches = lora.make_batches([train_encoded[i] for i in order], args.batch_size, tokenizer.pad_token_id)
-    eval_batches = lora.make_batches(test_encoded, 50, tokenizer.pad_token_id)
-    validation_batches = lora.make_batches(encode(validation_rows), 50, tokenizer.pad_token_id) if args.fit_lr else []
+    train_batches = peft_methods.make_batches([train_encoded[i] for i in order], args.batch_size, tokenizer.pad_token_id)
+    eval_batches = peft_methods.make_batches(test_encoded, 50, tokenizer.pad_token_id)
+    validation_batches = peft_methods.make_batches(encode(validation_rows), 50, tokenizer.pad_token_id) if args.fit_lr else []
 
     def run(method: str, lr: float | None) -> tuple:
         env.seed_everything(args.seed)
         name, r, alpha, tokens = parse_method(method, args)
-        model = lora.prepare_method(name, copy.deepcopy(base), r=r, alpha=alpha, dropout=args.lora_dropout,
-                                    trainable_tokens=lora.chat_token_ids(tokenizer) if tokens else ())
-        lr = lr if lr is not None else lora.DEFAULT_LR[name]
-        model, res = lora.train_and_measure(method, model, train_batches, eval_batches, args.max_steps, lr=lr,
+        model = peft_methods.prepare_method(name, copy.deepcopy(base), r=r, alpha=alpha, dropout=args.lora_dropout,
+                                    trainable_tokens=chat_token_ids(tokenizer) if tokens else ())
+        lr = lr if lr is not None else peft_methods.DEFAULT_LR[name]
+        model, res = peft_methods.train_and_measure(method, model, train_batches, eval_batches, args.max_steps, lr=lr,
                                             seed=args.seed, schedule=args.schedule, warmup_steps=args.warmup_steps)
         return model, res
 
@@ -158,7 +159,7 @@ def main() -> int:
             test = sft.task_accuracy(model, tokenizer, test_rows, by_task=True)
             point = {"lr": lr,
                      "validation_accuracy": round(sft.task_accuracy(model, tokenizer, validation_rows), 4),
-                     "validation_loss": round(lora.eval_loss(model, validation_batches), 4),
+                     "validation_loss": round(peft_methods.eval_loss(model, validation_batches), 4),
                      "test_loss": round(res.eval_loss_after, 4),
                      "test_accuracy": {k: round(v, 4) for k, v in test.items()},
                      "seconds_per_step": round(res.seconds_per_step, 3)}
@@ -174,7 +175,7 @@ def main() -> int:
                           "test_accuracy": point["test_accuracy"], "test_loss": point["test_loss"],
                           "grid": [g[0] for g in grid]}
 
-    table = lora.format_table(results, rounded=False)
+    table = peft_methods.format_table(results, rounded=False)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rates = (" (each method's fitted learning rate: " + ", ".join(f"{m} {f['lr']:g}" for m, f in fitted.items())

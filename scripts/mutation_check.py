@@ -1,6 +1,6 @@
 """Break the code a notebook teaches and check that the notebook fails (its checkpoint cells can fail).
 
-Each mutation edits one line of ``course_utils`` (or of the notebook itself), runs the notebook headless with the
+Each mutation edits one line of ``course_utils`` or of the lesson code written in a notebook's cell, runs the notebook headless with the
 project's runner into a scratch folder, expects a FAILED status, and restores the file. Usage::
 
     python scripts/mutation_check.py            # every mutation (~6 minutes on 2 CPU cores)
@@ -24,7 +24,7 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     "params-no-bias": ("course_utils/models.py", "attention += q_out + 2 * kv  # q, k, v biases",
                        "attention += 0  # mutated", "00_environment"),
     "reader-keeps-bom": ("course_utils/data.py", "raw = raw[3:]", "raw = raw", "01_data_preparation"),
-    "dedup-noop": ("course_utils/data.py", "        if digest not in seen:", "        if True:", "01_data_preparation"),
+    "dedup-noop": ("course_utils/cleaning.py", "        if digest not in seen:", "        if True:", "01_data_preparation"),
     "no-control-token-check": ("course_utils/data.py", "    match = CONTROL_TOKEN_RE.search(text)",
                                "    match = None", "01_data_preparation"),
     "template-check-always-true": ("course_utils/tokenizer.py",
@@ -39,16 +39,18 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
                                  "group = order[start : start + mega]", "03_collate_and_batching"),
     "loss-no-shift": ("course_utils/loss.py", "    return logits[:, :-1, :], labels[:, 1:]",
                       "    return logits[:, 1:, :], labels[:, 1:]", "04_loss_and_label_shift"),
-    "ignore-pad-id-by-position": ("course_utils/loss.py",
-                                  "shift_labels.reshape(-1), ignore_index=pad_id\n",
-                                  "shift_labels.reshape(-1), ignore_index=-100\n", "04_loss_and_label_shift"),
-    "accumulation-per-micro-batch": ("course_utils/train.py", "            loss = loss_sum / n_items  #",
-                                     "            loss = loss_sum / max(1, int((batch['labels'][:, 1:] != -100).sum())) / len(window)  #",
+    "ignore-pad-id-by-position": ("notebooks/04_loss_and_label_shift.ipynb",  # the mistake written in the cell
+                                  "ignore_index=pad_id)\\n\"", "ignore_index=-100)\\n\"", "04_loss_and_label_shift"),
+    "slides-labels-not-shifted": ("notebooks/04_loss_and_label_shift.ipynb",
+                                  "    labels[:-1] = labels[1:]    # shift left by one\\n", "\\n", "04_loss_and_label_shift"),
+    "accumulation-per-micro-batch": ("notebooks/05_pretraining.ipynb",  # the cell's train_step (= course_utils.train)
+                                     "num_items_in_batch=n_items)  # summed", "num_items_in_batch=None)  # summed",
                                      "05_pretraining"),
-    "sft-trains-user": ("course_utils/sft.py", "trained = message[\"role\"] == \"assistant\" or train_on == \"all\"",
-                        "trained = True", "06_sft_masking"),
-    "lora-no-scaling": ("course_utils/lora.py", "        self.scaling = alpha / r", "        self.scaling = 1.0",
-                        "07_lora"),
+    "sft-trains-user": ("notebooks/06_sft_masking.ipynb",  # the cell's encode_chat (= course_utils.sft)
+                        'trained = body if message[\\"role\\"] == \\"assistant\\" else',
+                        "trained = body if True else", "06_sft_masking"),
+    "lora-no-scaling": ("notebooks/07_lora.ipynb",  # the cell's LoRALinear (= course_utils.lora)
+                        "self.scaling = r, alpha, alpha / r\\n", "self.scaling = r, alpha, 1.0\\n", "07_lora"),
     "zero2-keeps-grads": ("course_utils/memory.py", "grads = num_params * grad_bytes // (n if stage >= 2 else 1)",
                           "grads = num_params * grad_bytes", "08_deepspeed_memory"),
     "reward-first-token": ("course_utils/preference.py", "    last = (positions * non_pad).argmax(-1)",
