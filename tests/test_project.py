@@ -195,3 +195,12 @@ def test_no_code_passes_the_removed_safe_serialization_argument():
     offenders = [str(p.relative_to(ROOT)) for p in files if p.name != "test_project.py"
                  and "safe_serialization=" in p.read_text(encoding="utf-8")]
     assert not offenders, offenders
+
+
+def test_every_mutation_still_finds_its_line(load_script):
+    """`make mutations` edits one exact line per mutation: moving lesson code must move the mutation with it (three
+    had gone stale when train_step, encode_chat and LoRALinear moved into their notebooks' cells)."""
+    script = load_script("mutation_check")
+    for name, (rel, old, new, notebook) in script.MUTATIONS.items():
+        assert (ROOT / rel).read_text(encoding="utf-8").count(old) == 1 and old != new, name
+        assert (ROOT / "notebooks" / f"{notebook}.ipynb").exists(), name
