@@ -2,7 +2,7 @@
 
     python scripts/build_slides.py --no-pdf      # build/slides/NN_*.html first
     python scripts/check_slides.py               # screenshots in build/slides/screenshots/, exit 1 on overflow
-    python scripts/check_slides.py build/slides/03_pretraining.html
+    python scripts/check_slides.py build/slides/05_pretraining.html
 
 A slide overflows when an element of its ``section`` (1280x720) lies above the slide, right of it, or below
 ``720 - FOOTER_BAND`` px (where it would cover the footer and page number), or when a code block (``pre``) is wider
