@@ -178,7 +178,7 @@ def evaluate_model(model: Any, tokenizer: Any, name: str = "model", *, heldout: 
       scored by ``datagen.score_answer``, overall and per task;
     * generations: greedy replies to ``generation_prompts`` (single user turns), for reading side by side.
     """
-    from course_utils.sft import generate_answers, task_accuracy
+    from course_utils.sft import generate_answers, score_tasks
     from course_utils.train import dataset_perplexity
 
     started = time.perf_counter()
@@ -189,8 +189,8 @@ def evaluate_model(model: Any, tokenizer: Any, name: str = "model", *, heldout: 
     was_training = model.training
     model.eval()
     loss, ppl = dataset_perplexity(model, heldout, batch_size=16)
-    by_task, predictions = task_accuracy(model, tokenizer, task_rows, max_new_tokens=max_new_tokens,
-                                         batch_size=batch_size, by_task=True, return_predictions=True)
+    scores = score_tasks(model, tokenizer, task_rows, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    by_task, predictions = scores.by_task(), scores.predictions
     prompts = [[{"role": "user", "content": prompt}] for prompt in generation_prompts]
     replies = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     model.train(was_training)

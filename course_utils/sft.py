@@ -632,25 +632,41 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
     return answers
 
 
-def task_accuracy(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_new_tokens: int = 16,
-                  batch_size: int = 64, system: str | None = None, by_task: bool = False,
-                  return_predictions: bool = False) -> Any:
-    """Share of checkable-task rows answered correctly (greedy, chat template, ``datagen.score_answer``).
+@dataclass
+class TaskScores:
+    """Greedy answers to checkable-task rows and whether each was right (``datagen.score_answer``)."""
 
-    ``by_task=True`` returns ``{"all": acc, task: acc, ...}``; ``return_predictions=True`` returns
-    ``(result, predictions)``.
-    """
+    tasks: list[str]
+    predictions: list[str]
+    correct: list[bool]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct)
+
+    def by_task(self) -> dict[str, float]:
+        """``{"all": accuracy, task: accuracy, ...}`` (tasks sorted by name)."""
+        per: dict[str, list[bool]] = {}
+        for task, ok in zip(self.tasks, self.correct):
+            per.setdefault(task, []).append(ok)
+        return {"all": self.accuracy, **{task: sum(v) / len(v) for task, v in sorted(per.items())}}
+
+
+def score_tasks(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_new_tokens: int = 16,
+                batch_size: int = 64, system: str | None = None) -> TaskScores:
+    """Answer each checkable-task row greedily with the chat template and score it (``datagen.score_answer``)."""
     from course_utils.datagen import score_answer
 
     if not rows:
-        raise ValueError("task_accuracy: no rows")
+        raise ValueError("score_tasks: no rows")
     prompts = [task_to_messages(row, system=system, with_answer=False) for row in rows]
     predictions = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     correct = [score_answer(row["task"], pred, row["answer"]) for row, pred in zip(rows, predictions)]
-    result: Any = sum(correct) / len(correct)
-    if by_task:
-        per: dict[str, list[bool]] = {}
-        for row, ok in zip(rows, correct):
-            per.setdefault(row["task"], []).append(ok)
-        result = {"all": result, **{task: sum(v) / len(v) for task, v in sorted(per.items())}}
-    return (result, predictions) if return_predictions else result
+    return TaskScores([row["task"] for row in rows], predictions, correct)
+
+
+def task_accuracy(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_new_tokens: int = 16,
+                  batch_size: int = 64, system: str | None = None) -> float:
+    """Share of checkable-task rows answered correctly; :func:`score_tasks` keeps the answers and the per-task
+    accuracies (``score_tasks(...).by_task()``)."""
+    return score_tasks(model, tokenizer, rows, max_new_tokens, batch_size, system).accuracy

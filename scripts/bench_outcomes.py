@@ -84,7 +84,7 @@ def sft_figures() -> dict:
     out = {}
     for name in ("tiny-sft", "tiny-sft-all-tokens"):
         model, tokenizer = models.load_model_and_tokenizer(name)
-        out[name] = {k: round(v, 4) for k, v in sft.task_accuracy(model, tokenizer, rows, by_task=True).items()}
+        out[name] = {k: round(v, 4) for k, v in sft.score_tasks(model, tokenizer, rows).by_task().items()}
     return out
 
 

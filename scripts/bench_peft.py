@@ -143,7 +143,7 @@ def main() -> int:
                                             seed=args.seed, schedule=args.schedule, warmup_steps=args.warmup_steps)
         return model, res
 
-    base_accuracy = sft.task_accuracy(base, tokenizer, test_rows, by_task=True)
+    base_accuracy = sft.score_tasks(base, tokenizer, test_rows).by_task()
     results, fitted = [], {}
     for method in methods:
         if not args.fit_lr:
@@ -156,7 +156,7 @@ def main() -> int:
         grid = []
         for lr in FIT_GRID[method]:
             model, res = run(method, lr)
-            test = sft.task_accuracy(model, tokenizer, test_rows, by_task=True)
+            test = sft.score_tasks(model, tokenizer, test_rows).by_task()
             point = {"lr": lr,
                      "validation_accuracy": round(sft.task_accuracy(model, tokenizer, validation_rows), 4),
                      "validation_loss": round(peft_methods.eval_loss(model, validation_batches), 4),

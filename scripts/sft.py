@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.to(resolved)
 
     def accuracy() -> dict:
-        return sft.task_accuracy(model, tokenizer, eval_rows, max_new_tokens=data_args.max_new_tokens,
-                                 by_task=True)
+        return sft.score_tasks(model, tokenizer, eval_rows, max_new_tokens=data_args.max_new_tokens).by_task()
 
     before = {k: round(v, 4) for k, v in accuracy().items()} if eval_rows else {}
     if before:

@@ -229,6 +229,10 @@ def test_generate_and_accuracy_on_tiny_sft(tiny_sft):
     path = models.LOCAL_MODELS["tiny-sft"]
     rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
     accuracy = sft.task_accuracy(model, tokenizer, rows[:60])
+    scores = sft.score_tasks(model, tokenizer, rows[:60])  # the same greedy answers, kept with their tasks
+    per_task = scores.by_task()
+    assert scores.accuracy == accuracy == per_task["all"] and len(scores.predictions) == 60
+    assert set(per_task) - {"all"} == {row["task"] for row in rows[:60]}
     metadata = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
     assert accuracy >= 0.3 and metadata["task_accuracy"]["after"]["all"] > metadata["task_accuracy"]["before"]["all"]
 
