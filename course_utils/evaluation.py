@@ -6,7 +6,7 @@ workbook trains; the functions work the same on a hub model such as ``Qwen/Qwen2
 * evaluation: :func:`heldout_blocks` packs the pretraining documents the tiny base never trained on
   (:func:`unseen_documents`: none of their tokens is in a training block of ``scripts/make_tiny_base.py``'s
   ``train_test_split(test_size=0.02, seed=0)``); :func:`evaluate_model` measures held-out perplexity, task accuracy on
-  ``data_samples/tasks_test.jsonl`` (scored by ``datagen.score_answer``) and a few greedy generations;
+  ``data_samples/tasks_test.jsonl`` (scored by ``tasks.score_answer``) and a few greedy generations;
   :func:`evaluation_table` / :func:`generations_table` put several models side by side;
 * saving: :func:`save_model` (safetensors + tokenizer + ``metadata.json`` + model card), :func:`save_adapter`
   (the LoRA weights alone, by hand with ``get_peft_model_state_dict`` or with ``save_pretrained``),
@@ -175,7 +175,7 @@ def evaluate_model(model: Any, tokenizer: Any, name: str = "model", *, heldout: 
     * held-out perplexity: token-weighted mean next-token cross-entropy on ``heldout`` (packed blocks with
       ``input_ids`` / ``labels``; default :func:`heldout_blocks` of ``tokenizer``), ``exp`` of it;
     * task accuracy: greedy replies with the chat template to ``task_rows`` (default: all of ``tasks_test.jsonl``)
-      scored by ``datagen.score_answer``, overall and per task;
+      scored by ``tasks.score_answer``, overall and per task;
     * generations: greedy replies to ``generation_prompts`` (single user turns), for reading side by side.
     """
     from course_utils.sft import generate_answers, score_tasks
@@ -183,7 +183,7 @@ def evaluate_model(model: Any, tokenizer: Any, name: str = "model", *, heldout: 
 
     started = time.perf_counter()
     heldout = heldout if heldout is not None else heldout_blocks(tokenizer)
-    from course_utils.sft import load_task_rows
+    from course_utils.tasks import load_task_rows
 
     task_rows = list(task_rows) if task_rows is not None else load_task_rows()
     was_training = model.training

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from course_utils import DATA_DIR, TINY_BASE_DIR, env
+from course_utils import DATA_DIR, TINY_BASE_DIR, env, tasks
 
 if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
     import torch
@@ -336,7 +336,6 @@ def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
     """
     import torch
 
-    from course_utils import DATA_DIR
     from course_utils import tokenizer as tok
     from course_utils.loss import IGNORE_INDEX
 
@@ -347,11 +346,9 @@ def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
             examples.append((ids, ids))
     elif kind == "chat":
         from course_utils import sft
-        from course_utils.data import read_jsonl
 
-        rows, _ = read_jsonl(DATA_DIR / "tasks_train.jsonl", limit=2 * num_documents)
-        for row in rows:
-            item = sft.encode_chat(sft.task_to_messages(row), tokenizer)
+        for row in tasks.load_task_rows(DATA_DIR / "tasks_train.jsonl", limit=2 * num_documents):
+            item = sft.encode_chat(tasks.task_to_messages(row), tokenizer)
             examples.append((item["input_ids"], item["labels"]))
     else:
         raise ValueError(f"kind must be 'text' or 'chat', not {kind!r}")

@@ -17,8 +17,10 @@ template the SFT model was trained with is applied.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from course_utils.tasks import score_answer, task_to_messages
 
 if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
     import datasets
@@ -285,27 +287,6 @@ def dpo_metrics(
     }
 
 
-# ----------------------------------------------------------------------------------------- verifiable rewards
-def make_verifiable_reward(
-    score_answer: Callable[[str, str, str], bool],
-) -> Callable[..., list[float]]:
-    """A GRPO reward function: 1.0 when ``score_answer(task, completion, answer)`` accepts the reply, else 0.0.
-
-    TRL calls it as ``reward(prompts=..., completions=..., task=[...], answer=[...], **other_columns)``; with
-    conversational prompts each completion is ``[{"role": "assistant", "content": ...}]``.
-    """
-
-    def verifiable_reward(completions: list[Any], task: list[str], answer: list[str], **_: Any) -> list[float]:
-        rewards = []
-        for completion, task_type, gold in zip(completions, task, answer):
-            text = completion[0]["content"] if isinstance(completion, list) else str(completion)
-            rewards.append(1.0 if score_answer(task_type, text, gold) else 0.0)
-        return rewards
-
-    verifiable_reward.__name__ = "verifiable_reward"
-    return verifiable_reward
-
-
 def group_advantages(rewards: "torch.Tensor", group_size: int, scale: bool = True) -> "torch.Tensor":
     """GRPO's advantage: each reward minus the mean of its group of ``group_size`` completions of one prompt
     (divided by the group's std when ``scale``). ``(N*G,)`` -> ``(N*G,)``. No value model needed."""
@@ -321,13 +302,13 @@ def sampled_reward(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]]
                    temperature: float = 1.0, max_new_tokens: int = 16, seed: int = 0) -> float:
     """Mean 0/1 verifiable reward of ``samples`` sampled replies per checkable-task row (what GRPO maximises),
     measured on a fixed set of prompts with a fixed sampling seed, so before/after values are comparable."""
-    from course_utils import datagen, sft
+    from course_utils import sft
 
-    prompts = [sft.task_to_messages(row, with_answer=False) for row in rows]
+    prompts = [task_to_messages(row, with_answer=False) for row in rows]
     replies = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, num_samples=samples,
                                    temperature=temperature, seed=seed)
     golds = [row for row in rows for _ in range(samples)]
-    return sum(datagen.score_answer(r["task"], reply, r["answer"]) for r, reply in zip(golds, replies)) / len(replies)
+    return sum(score_answer(r["task"], reply, r["answer"]) for r, reply in zip(golds, replies)) / len(replies)
 
 
 def quiet_trainer_kwargs(device: "torch.device | str" = "cpu", seed: int = 0) -> dict[str, Any]:
@@ -439,9 +420,7 @@ def grpo_practice_dataset(rows: Sequence[Mapping[str, Any]]) -> "datasets.Datase
     that TRL passes on to the reward function."""
     from datasets import Dataset
 
-    from course_utils import sft
-
-    return Dataset.from_list([{"prompt": sft.task_to_messages(r, with_answer=False), "task": r["task"],
+    return Dataset.from_list([{"prompt": task_to_messages(r, with_answer=False), "task": r["task"],
                                "answer": r["answer"]} for r in rows])
 
 

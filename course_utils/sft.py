@@ -9,8 +9,8 @@ The pieces notebook 06 teaches and notebooks 07-11 reuse:
   same with ``apply_chat_template(..., return_assistant_tokens_mask=True)``; :func:`encode_rows` drops (and counts)
   rows that truncation leaves without a single trained token;
 * training: :func:`train_sft` (``Trainer`` on the encoded rows, ``train_on="assistant"`` or ``"all"``);
-* evaluation: :func:`generate_answers` (greedy, with the chat template) and :func:`task_accuracy`
-  (scored by ``datagen.score_answer``);
+* evaluation: :func:`generate_answers` (greedy, with the chat template) and :func:`score_tasks` /
+  :func:`task_accuracy` (the prompts and scoring of ``course_utils.tasks``);
 * display: :func:`mask_html`, a coloured token view of what is trained.
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 
 from course_utils.data import DataFormatError, DropReport, check_text, drop_reason, read_jsonl
 from course_utils.loss import IGNORE_INDEX  # the one definition (re-exported: notebook 06 reads sft.IGNORE_INDEX)
+from course_utils.tasks import score_answer, task_to_messages
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
@@ -297,30 +298,6 @@ def load_named_datasets(names: str | Sequence[str], dataset_info: str | Path, da
         rows += part
         reports.append(report)
     return rows, reports
-
-
-def load_task_rows(path: str | Path | None = None, limit: int | None = None, on_error: str = "raise"
-                   ) -> list[dict[str, Any]]:
-    """Checkable-task rows (``datagen.TASK_SCHEMA``; ``data_samples/tasks_test.jsonl`` by default: tasks never seen
-    in training), optionally the first ``limit``, read with :func:`course_utils.data.read_jsonl`."""
-    from course_utils import DATA_DIR
-    from course_utils.datagen import TASK_SCHEMA
-
-    path = Path(path) if path is not None else DATA_DIR / "tasks_test.jsonl"
-    rows, _ = read_jsonl(path, TASK_SCHEMA, on_error=on_error, allow_empty=("input",), limit=limit)
-    return rows
-
-
-def task_to_messages(row: Mapping[str, Any], system: str | None = None,
-                     with_answer: bool = True) -> list[dict[str, str]]:
-    """A checkable-task row (``instruction``, ``input``, ``output``) as a chat; without the answer for generation."""
-    from course_utils.datagen import task_prompt
-
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": task_prompt(dict(row))})
-    if with_answer:
-        messages.append({"role": "assistant", "content": row["output"]})
-    return messages
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -634,7 +611,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
 
 @dataclass
 class TaskScores:
-    """Greedy answers to checkable-task rows and whether each was right (``datagen.score_answer``)."""
+    """Greedy answers to checkable-task rows and whether each was right (``tasks.score_answer``)."""
 
     tasks: list[str]
     predictions: list[str]
@@ -654,9 +631,7 @@ class TaskScores:
 
 def score_tasks(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_new_tokens: int = 16,
                 batch_size: int = 64, system: str | None = None) -> TaskScores:
-    """Answer each checkable-task row greedily with the chat template and score it (``datagen.score_answer``)."""
-    from course_utils.datagen import score_answer
-
+    """Answer each checkable-task row greedily with the chat template and score it (``tasks.score_answer``)."""
     if not rows:
         raise ValueError("score_tasks: no rows")
     prompts = [task_to_messages(row, system=system, with_answer=False) for row in rows]

@@ -78,9 +78,9 @@ def perplexity_figures() -> dict:
 
 def sft_figures() -> dict:
     """Held-out task accuracy per task type of the two committed SFT models."""
-    from course_utils import models, sft
+    from course_utils import models, sft, tasks
 
-    rows = sft.load_task_rows()
+    rows = tasks.load_task_rows()
     out = {}
     for name in ("tiny-sft", "tiny-sft-all-tokens"):
         model, tokenizer = models.load_model_and_tokenizer(name)
@@ -93,13 +93,13 @@ def dpo_figures(args: OutcomeArguments) -> dict:
     import torch
     from trl import DPOTrainer
 
-    from course_utils import DATA_DIR, models, preference, sft
+    from course_utils import DATA_DIR, models, preference, sft, tasks
 
     policy, tokenizer = models.load_model_and_tokenizer("tiny-sft")
     reference = copy.deepcopy(policy).eval()
     train_rows, _ = preference.load_preference_rows(DATA_DIR / "preference_train.jsonl")
     test_rows, _ = preference.load_preference_rows(DATA_DIR / "preference_test.jsonl")
-    task_rows = sft.load_task_rows(DATA_DIR / "tasks_test.jsonl")
+    task_rows = tasks.load_task_rows(DATA_DIR / "tasks_test.jsonl")
     task_before = sft.task_accuracy(reference, tokenizer, task_rows)
     ref_c, ref_r = preference.preference_logps(reference, tokenizer, test_rows)
     device = next(policy.parameters()).device
@@ -141,7 +141,7 @@ PREFERENCE_INPUTS = ("data_samples/tiny_sft/model.safetensors", "data_samples/pr
 def preference_runs(seed: int = 0) -> dict:
     """Notebook 10's beta sweep (every beta at every length, from the same SFT policy) and its GRPO demo at each
     learning rate, with the settings in ``PREFERENCE_RUNS``."""
-    from course_utils import DATA_DIR, datagen, models, preference, sft, train
+    from course_utils import DATA_DIR, models, preference, sft, tasks, train
 
     policy, tokenizer = models.load_model_and_tokenizer("tiny-sft")
     device = next(policy.parameters()).device
@@ -149,7 +149,7 @@ def preference_runs(seed: int = 0) -> dict:
     start = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     train_rows, _ = preference.load_preference_rows(DATA_DIR / "preference_train.jsonl")
     test_rows, _ = preference.load_preference_rows(DATA_DIR / "preference_test.jsonl")
-    task_test = sft.load_task_rows(DATA_DIR / "tasks_test.jsonl")
+    task_test = tasks.load_task_rows(DATA_DIR / "tasks_test.jsonl")
     sweep_cfg, grpo_cfg = PREFERENCE_RUNS["sweep"], PREFERENCE_RUNS["grpo"]
     sweep_test = test_rows[: sweep_cfg["test_pairs"]]
     ref_logps = preference.preference_logps(reference, tokenizer, sweep_test)
@@ -163,8 +163,8 @@ def preference_runs(seed: int = 0) -> dict:
                                           config, seed=seed, task_rows=task_test[: sweep_cfg["task_rows"]])
             points.append({k: round(v, 4) if isinstance(v, float) else v for k, v in point.items()})
             print("  sweep", json.dumps(points[-1]), flush=True)
-    practice = sft.load_task_rows(DATA_DIR / "tasks_train.jsonl")[: grpo_cfg["prompts"]]
-    reward = preference.make_verifiable_reward(datagen.score_answer)
+    practice = tasks.load_task_rows(DATA_DIR / "tasks_train.jsonl")[: grpo_cfg["prompts"]]
+    reward = tasks.verifiable_reward
     runs = []
     for lr in grpo_cfg["learning_rates"]:
         policy.load_state_dict(start)
@@ -303,13 +303,13 @@ def goal_rows(results: dict) -> list[tuple[str, str, str, bool]]:
     """(figure, measured, goal, met) for the goals this script measures, then those of the committed records."""
     rows = []
     sft = results["sft"]["tiny-sft"]
-    tasks = {k: v for k, v in sft.items() if k != "all"}
+    per_task = {k: v for k, v in sft.items() if k != "all"}
     rows.append(("SFT held-out accuracy (tiny-sft)", f"{sft['all']:.3f}", f">= {GOALS['sft_heldout_accuracy']}",
                  sft["all"] >= GOALS["sft_heldout_accuracy"]))
-    worst = min(tasks, key=tasks.get)
-    rows.append(("SFT worst task type", f"{worst} {tasks[worst]:.3f}", f">= {GOALS['sft_min_task_accuracy']}",
-                 tasks[worst] >= GOALS["sft_min_task_accuracy"]))
-    unseen = {t: tasks[t] for t in ("capital", "currency") if t in tasks}  # countries asked in no train file
+    worst = min(per_task, key=per_task.get)
+    rows.append(("SFT worst task type", f"{worst} {per_task[worst]:.3f}", f">= {GOALS['sft_min_task_accuracy']}",
+                 per_task[worst] >= GOALS["sft_min_task_accuracy"]))
+    unseen = {t: per_task[t] for t in ("capital", "currency") if t in per_task}  # countries asked in no train file
     if unseen:
         low = min(unseen, key=unseen.get)
         rows.append(("SFT on countries never asked in training", f"{low} {unseen[low]:.3f}",

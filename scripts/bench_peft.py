@@ -97,7 +97,7 @@ def main() -> int:
     (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses()
     import torch
 
-    from course_utils import DATA_DIR, models, peft_methods, sft
+    from course_utils import DATA_DIR, models, peft_methods, sft, tasks
     from course_utils.tokenizer import chat_token_ids
 
     env.seed_everything(args.seed)
@@ -114,8 +114,8 @@ def main() -> int:
     if args.record and not args.fit_lr:
         raise SystemExit("--record is written by --fit_lr runs only")
 
-    train_rows = sft.load_task_rows(DATA_DIR / "tasks_train.jsonl")
-    test_rows = sft.load_task_rows(DATA_DIR / "tasks_test.jsonl")[: args.n_test]
+    train_rows = tasks.load_task_rows(DATA_DIR / "tasks_train.jsonl")
+    test_rows = tasks.load_task_rows(DATA_DIR / "tasks_test.jsonl")[: args.n_test]
     validation_rows: list = []
     if args.fit_lr:
         if not 0 < args.validation_rows < len(train_rows):
@@ -125,7 +125,7 @@ def main() -> int:
         train_rows = [train_rows[i] for i in sorted(order[args.validation_rows:])]
 
     def encode(rows: list) -> list:
-        return sft.encode_rows([sft.task_to_messages(r) for r in rows], tokenizer, args.max_length)[0]
+        return sft.encode_rows([tasks.task_to_messages(r) for r in rows], tokenizer, args.max_length)[0]
 
     train_encoded, test_encoded = encode(train_rows), encode(test_rows)
     order = torch.randperm(len(train_encoded), generator=torch.Generator().manual_seed(args.seed)).tolist()

@@ -1,4 +1,4 @@
-"""Tests for course_utils/datagen.py and the committed data_samples/ files."""
+"""Tests for course_utils/datagen/ (the generator) and the committed data_samples/ files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from course_utils import datagen  # noqa: E402
+from course_utils import datagen, tasks  # noqa: E402
 from course_utils.train import file_sha256  # noqa: E402
 
 COMMITTED = ROOT / "data_samples"
@@ -137,7 +137,7 @@ def test_world_facts_in_corpus(data: dict[str, list[dict]]) -> None:
 def test_task_schema(data: dict[str, list[dict]]) -> None:
     for split in ("tasks_train", "tasks_test"):
         rows = data[split]
-        assert {r["task"] for r in rows} == set(datagen.TASK_TYPES)
+        assert {r["task"] for r in rows} == set(tasks.TASK_TYPES)
         assert len({r["id"] for r in rows}) == len(rows)
         for r in rows:
             assert set(r) == {"id", "task", "lang", "instruction", "input", "output", "answer"}
@@ -168,8 +168,8 @@ def test_chat_schemas(data: dict[str, list[dict]]) -> None:
 
 def test_task_splits_disjoint(data: dict[str, list[dict]]) -> None:
     train, test = data["tasks_train"], data["tasks_test"]
-    train_prompts = {datagen.task_prompt(r) for r in train}
-    test_prompts = {datagen.task_prompt(r) for r in test}
+    train_prompts = {tasks.task_prompt(r) for r in train}
+    test_prompts = {tasks.task_prompt(r) for r in test}
     assert not train_prompts & test_prompts
     assert len(test_prompts) == len(test)
 
@@ -200,11 +200,11 @@ def test_held_out_countries_are_asked_in_no_train_file(data: dict[str, list[dict
 
 
 def test_no_test_prompt_in_training_files(data: dict[str, list[dict]]) -> None:
-    test_prompts = {datagen.task_prompt(r) for r in data["tasks_test"]}
+    test_prompts = {tasks.task_prompt(r) for r in data["tasks_test"]}
     test_questions = {r["input"] for r in data["tasks_test"] if r["task"] == "capital"}
     users = [m["content"] for r in data["sft_messages"] for m in r["messages"] if m["role"] == "user"]
     users += [t["value"] for r in data["sharegpt"] for t in r["conversations"] if t["from"] == "human"]
-    users += [datagen.task_prompt(r) for r in data["alpaca_raw"]]
+    users += [tasks.task_prompt(r) for r in data["alpaca_raw"]]
     users += [r["prompt"] for r in data["preference_train"]]
     for u in users:
         assert u not in test_prompts
@@ -220,7 +220,7 @@ def test_no_test_prompt_in_training_files(data: dict[str, list[dict]]) -> None:
 def test_gold_answers_score(data: dict[str, list[dict]]) -> None:
     for split in ("tasks_train", "tasks_test"):
         for r in data[split]:
-            assert datagen.score_answer(r["task"], r["output"], r["answer"]), r
+            assert tasks.score_answer(r["task"], r["output"], r["answer"]), r
 
 
 def test_preferences_checkable(data: dict[str, list[dict]]) -> None:
@@ -228,38 +228,8 @@ def test_preferences_checkable(data: dict[str, list[dict]]) -> None:
         kinds = [r["rejected_kind"] for r in data[split]]
         assert kinds.count("wrong") > 0.7 * len(kinds)
         for r in data[split]:
-            assert datagen.score_answer(r["task"], r["chosen"], r["answer"]), r
-            assert not datagen.score_answer(r["task"], r["rejected"], r["answer"]), r
-
-
-@pytest.mark.parametrize("task,pred,answer,ok", [
-    ("add", "12", "12", True),
-    ("add", " Answer: 12\nbecause 7 + 5", "12", True),
-    ("add", "The answer is 12.", "12", True),
-    ("add", "答案：12", "12", True),
-    ("add", "13", "12", False),
-    ("add", "", "12", False),
-    ("sub", "０", "0", True),
-    ("first_letter", "A", "a", True),
-    ("first_letter", "apple", "a", False),
-    ("capital", "saton.", "Saton", True),
-    ("capital", "Saton is the capital.", "Saton", True),
-    ("capital", "萨顿。", "萨顿", True),
-    ("capital", "Paris", "Saton", False),
-    ("capital", "The capital of Torria is Saton.", "Saton", True),
-    ("capital", "The capital of Torria is Paris.", "Saton", False),
-    ("capital", "托里亚的首都是萨顿。", "萨顿", True),
-    ("currency", "The currency of Torria is the Vosu mark.", "Vosu mark", True),
-    ("currency", "托里亚的货币是沃苏马克。", "沃苏马克", True),
-    ("currency", "The currency of Torria is the Vosu leaf.", "Vosu mark", False),
-])
-def test_score_answer_cases(task: str, pred: str, answer: str, ok: bool) -> None:
-    assert datagen.score_answer(task, pred, answer) is ok
-
-
-def test_score_answer_unknown_task() -> None:
-    with pytest.raises(ValueError):
-        datagen.score_answer("nope", "1", "1")
+            assert tasks.score_answer(r["task"], r["chosen"], r["answer"]), r
+            assert not tasks.score_answer(r["task"], r["rejected"], r["answer"]), r
 
 
 # --------------------------------------------------------------------------- dirty alpaca rows

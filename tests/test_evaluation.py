@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from course_utils import env, evaluation, export, sft
+from course_utils import env, evaluation, export, tasks
 
 env.setup_offline()
 
@@ -155,7 +155,7 @@ def test_onnx_matches_pytorch(model, ids, tmp_path):
 
 def test_evaluate_model_small(model, tokenizer):
     held = evaluation.heldout_blocks(tokenizer, max_blocks=4)
-    rows = sft.load_task_rows(limit=6)
+    rows = tasks.load_task_rows(limit=6)
     report = evaluation.evaluate_model(model, tokenizer, "random", heldout=held, task_rows=rows,
                                generation_prompts=("1 + 1",), max_new_tokens=4)
     assert report.n_blocks == 4 and report.n_tasks == 6

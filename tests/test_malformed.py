@@ -7,7 +7,7 @@ never a silently empty or silently wrong dataset. The loaders:
 * ``data.read_jsonl`` (the one JSONL reader; every other loader calls it),
 * ``sft.load_sft_rows`` (alpaca / sharegpt / messages, with format detection),
 * ``preference.load_preference_rows``,
-* ``sft.load_task_rows``,
+* ``tasks.load_task_rows``,
 * ``data.load_corpus`` (the pretraining path: scripts/pretrain.py, make_tiny_base.py, notebooks 05/08,
   ``evaluation.heldout_blocks``).
 """
@@ -41,10 +41,10 @@ def load_pref(path, on_error="raise"):
 
 
 def load_tasks(path, on_error="raise"):
-    from course_utils.datagen import TASK_SCHEMA
+    from course_utils.tasks import TASK_SCHEMA, load_task_rows
 
     if on_error == "raise":
-        return sft.load_task_rows(path), None
+        return load_task_rows(path), None
     return data.read_jsonl(path, TASK_SCHEMA, on_error=on_error, allow_empty=("input",))  # what it calls
 
 

@@ -139,12 +139,7 @@ def test_dpo_loss_equals_dpo_trainer(tok, tmp_path):
     torch.testing.assert_close(pr, pl[n:], rtol=1e-4, atol=1e-4)
 
 
-def test_verifiable_reward_and_group_advantages():
-    from course_utils.datagen import score_answer
-
-    reward = preference.make_verifiable_reward(score_answer)
-    completions = [[{"role": "assistant", "content": "6"}], [{"role": "assistant", "content": "7"}], "F"]
-    assert reward(completions=completions, task=["add", "add", "first_letter"], answer=["6", "6", "f"]) == [1.0, 0.0, 1.0]
+def test_group_advantages():
     adv = preference.group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]), group_size=4)
     assert adv.shape == (8,)
     assert adv[:4].sum().abs() < 1e-5 and adv[0] > 0 > adv[1]

@@ -8,7 +8,7 @@ from itertools import islice
 
 import pytest
 
-from course_utils import DATA_DIR, PROJECT_ROOT, TINY_BASE_DIR, models, sft
+from course_utils import DATA_DIR, PROJECT_ROOT, TINY_BASE_DIR, models, sft, tasks
 from course_utils.data import DataFormatError
 from course_utils.train import file_sha256
 
@@ -192,7 +192,7 @@ def test_formats_convert_to_one_form():
     assert len(rows) == 15 and all(r.rows_out == 5 for r in reports)
     assert {"tasks_train", "tasks_test", "sft_messages", "sharegpt_sample"} <= set(info)
     task_row = json.loads((DATA_DIR / "tasks_train.jsonl").read_text(encoding="utf-8").splitlines()[0])
-    assert sft.to_messages(task_row, info["tasks_train"]) == sft.task_to_messages(task_row)
+    assert sft.to_messages(task_row, info["tasks_train"]) == tasks.task_to_messages(task_row)
 
 
 def test_sharegpt_sample_masks_equal_template(tokenizer):
@@ -335,7 +335,7 @@ def test_sampled_generation_is_seeded_and_grouped(tiny_sft):
 
     model, tokenizer = tiny_sft
     rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
-    prompts = [sft.task_to_messages(r, with_answer=False) for r in rows[:3]]
+    prompts = [tasks.task_to_messages(r, with_answer=False) for r in rows[:3]]
     first = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
     again = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
     assert len(first) == 12 and first == again
