@@ -257,6 +257,20 @@ def trainer_precision_kwargs(device: "torch.device | str") -> dict[str, bool]:
     return {"bf16": choice.bf16, "fp16": choice.fp16}
 
 
+def trainer_defaults(device: "torch.device | str" = "auto", seed: int = 0) -> dict[str, Any]:
+    """The ``TrainingArguments`` fields every training run of the course sets beyond transformers' defaults.
+
+    No checkpoints, no evaluation, no reporting, no progress bar when headless (``env.headless()``), the
+    sampler seeded with ``seed``, and the precision of ``device`` (``env.trainer_precision_kwargs``: bf16 where the
+    GPU computes it natively, fp16 + gradient scaler on a T4, fp32 on CPU). ``scripts/sft.py`` puts them under its
+    YAML file and command line, ``sft.training_arguments`` under its keywords, ``preference.quiet_trainer_kwargs``
+    under TRL's changes.
+    """
+    resolved = pick_device(device or "auto")
+    return {"save_strategy": "no", "eval_strategy": "no", "report_to": "none", "data_seed": seed,
+            "disable_tqdm": headless(), "use_cpu": resolved.type == "cpu", **trainer_precision_kwargs(resolved)}
+
+
 def read_pins(pyproject: Path | None = None) -> dict[str, str]:
     """Read the ``name==version`` pins from the project's ``pyproject.toml`` (dependencies only)."""
     import tomllib

@@ -312,9 +312,9 @@ def sampled_reward(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]]
 
 
 def quiet_trainer_kwargs(device: "torch.device | str" = "cpu", seed: int = 0) -> dict[str, Any]:
-    """TrainingArguments keywords shared by the TRL trainers of notebooks 09-11: seeded with the notebook's ``SEED``
-    (model init, data order), silent, and the precision for ``device`` (TRL's configs default to ``bf16=True``,
-    which fails on a CPU without bf16 and emulates on a T4).
+    """TrainingArguments keywords shared by the TRL trainers of notebooks 09-11: the course's ``env.trainer_defaults``
+    (silent, no checkpoints, the precision for ``device``: TRL's configs default to ``bf16=True``, which fails on a
+    CPU without bf16 and emulates on a T4), seeded with the notebook's ``SEED`` (model init, data order).
 
     TRL's configs also default to ``gradient_checkpointing=True`` (``TrainingArguments``: ``False``): the forward
     pass is run a second time during the backward pass to keep fewer activations. On a CPU that buys nothing (the
@@ -323,19 +323,7 @@ def quiet_trainer_kwargs(device: "torch.device | str" = "cpu", seed: int = 0) ->
     a GPU, where activation memory decides whether a real model fits, TRL's default stays."""
     from course_utils import env
 
-    return dict(
-        **env.trainer_precision_kwargs(device),
-        gradient_checkpointing=str(device) != "cpu",
-        use_cpu=str(device) == "cpu",
-        report_to="none",
-        disable_tqdm=env.headless(),  # a person sees the progress bar; the runner and CI do not
-        logging_strategy="steps",
-        save_strategy="no",
-        eval_strategy="no",
-        dataloader_num_workers=0,
-        seed=seed,
-        data_seed=seed,
-    )
+    return {**env.trainer_defaults(device, seed), "seed": seed, "gradient_checkpointing": str(device) != "cpu"}
 
 
 def rows_to_dataset(rows: Iterable[dict[str, Any]], conversational: bool = True) -> "datasets.Dataset":

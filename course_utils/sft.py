@@ -462,27 +462,12 @@ def add_lora(model: Any, tokenizer: Any, finetuning: Mapping[str, Any], seed: in
         trainable_token_indices=chat_token_ids(tokenizer) if finetuning.get("lora_chat_tokens") else None))
 
 
-def trainer_defaults(device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """The ``TrainingArguments`` fields every SFT run of the course sets beyond transformers' defaults.
-
-    No checkpoints, no evaluation, no reporting, no progress bar when headless (``env.headless()``), the
-    sampler seeded with ``seed``, and the precision of ``device`` (``env.trainer_precision_kwargs``: bf16 where the
-    GPU computes it natively, fp16 + gradient scaler on a T4, fp32 on CPU). ``scripts/sft.py`` puts them under its
-    YAML file and command line; :func:`training_arguments` under its keywords.
-    """
-    from course_utils import env
-
-    resolved = env.pick_device(device or "auto")
-    return {"save_strategy": "no", "eval_strategy": "no", "report_to": "none", "data_seed": seed,
-            "disable_tqdm": env.headless(), "use_cpu": resolved.type == "cpu", **env.trainer_precision_kwargs(resolved)}
-
-
 def training_arguments(*, max_steps: int = 200, num_train_epochs: float = 1.0, learning_rate: float = 1e-3,
                        batch_size: int = 32, gradient_accumulation_steps: int = 1, warmup_steps: float = 10,
                        lr_scheduler_type: str = "cosine", weight_decay: float = 0.0, logging_steps: int = 20,
                        seed: int = 0, output_dir: str | Path | None = None, device: str = "auto",
                        **training_kwargs: Any) -> Any:
-    """The notebooks' ``TrainingArguments`` for :func:`train_sft`: these keywords over :func:`trainer_defaults`
+    """The notebooks' ``TrainingArguments`` for :func:`train_sft`: these keywords over ``env.trainer_defaults``
     (``max_steps > 0`` overrides ``num_train_epochs``); any other ``TrainingArguments`` field in ``training_kwargs``."""
     from transformers import TrainingArguments
 
@@ -501,7 +486,7 @@ def training_arguments(*, max_steps: int = 200, num_train_epochs: float = 1.0, l
         num_train_epochs=num_train_epochs,
         logging_steps=logging_steps,
         seed=seed,
-        **{**trainer_defaults(device, seed), **training_kwargs},
+        **{**env.trainer_defaults(device, seed), **training_kwargs},
     )
 
 

@@ -98,13 +98,13 @@ def parse_arguments(argv: list[str]) -> tuple:
     """``config.yaml [--key value ...]`` or plain ``--key value`` flags -> the four argument dataclasses.
 
     The ``TrainingArguments`` is built here, once, by ``HfArgumentParser`` and then passed to ``Trainer`` unchanged;
-    the course's defaults (``sft.trainer_defaults``: no checkpoints, precision by hardware, ...) sit under the YAML
+    the course's defaults (``env.trainer_defaults``: no checkpoints, precision by hardware, ...) sit under the YAML
     file and the command line, which override them.
     """
     import yaml
     from transformers import HfArgumentParser, TrainingArguments
 
-    from course_utils import sft
+    from course_utils import env
 
     parser = HfArgumentParser((ModelArguments, DataArguments, FinetuningArguments, TrainingArguments))
     from_yaml = bool(argv) and argv[0].endswith((".yaml", ".yml"))
@@ -131,7 +131,8 @@ def parse_arguments(argv: list[str]) -> tuple:
     if from_yaml:
         config.setdefault("output_dir", str(DATA_DIR / "tiny_sft"))
     _coerce_numbers(config, parser, source)
-    defaults = sft.trainer_defaults("cpu" if config.get("use_cpu") else "auto", seed=config.get("seed", 42))
+    seed = config.get("seed", TrainingArguments.seed)  # the data order follows the run's seed (data_seed)
+    defaults = env.trainer_defaults("cpu" if config.get("use_cpu") else "auto", seed=seed)
     return parser.parse_dict({**defaults, **config})
 
 

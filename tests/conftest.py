@@ -70,3 +70,11 @@ def model(tok):
     m = models.build_model("tiny", tok, seed=0)
     m.eval()
     return m
+
+
+@pytest.fixture()
+def input_ids(tok):
+    """A seeded (2, 12) batch of token ids of ``tok`` (whichever ``tok`` the test file uses), special tokens excluded."""
+    import torch
+
+    return torch.randint(4, len(tok), (2, 12), generator=torch.Generator().manual_seed(0))

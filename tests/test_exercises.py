@@ -17,9 +17,9 @@ def unattempted(*_args):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from course_utils import tokenizer as tk
+    from course_utils.tokenizer import load_tiny_tokenizer
 
-    return tk.load_tiny_tokenizer()
+    return load_tiny_tokenizer()
 
 
 def verdict(capsys, check, *args):

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model  # noqa: E402
 
 from course_utils import lora, models  # noqa: E402
-from course_utils import tokenizer as tk  # noqa: E402
+from course_utils.tokenizer import train_tiny_tokenizer  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -22,7 +22,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="module")
 def tok():
     texts = [f"hello world number {i} 你好世界 capital of Gagaria" for i in range(200)]
-    return tk.train_tiny_tokenizer(texts, vocab_size=400)
+    return train_tiny_tokenizer(texts, vocab_size=400)
 
 
 @pytest.fixture()
@@ -30,11 +30,6 @@ def base(tok):
     model = models.build_model("tiny", tok, seed=0)
     model.eval()
     return model
-
-
-@pytest.fixture()
-def input_ids(tok):
-    return torch.randint(4, len(tok), (2, 12), generator=torch.Generator().manual_seed(0))
 
 
 def _peft_lora(model, targets=("q_proj", "v_proj"), r=8, alpha=16):

@@ -19,11 +19,6 @@ def base(model):
     return copy.deepcopy(model)
 
 
-@pytest.fixture()
-def input_ids(tok):
-    return torch.randint(4, len(tok), (2, 12), generator=torch.Generator().manual_seed(0))
-
-
 def test_bottleneck_adapter_identity_at_init(base, input_ids):
     adapted = copy.deepcopy(base)
     n = peft_methods.add_bottleneck_adapters(adapted, bottleneck=8)

@@ -14,7 +14,7 @@ env.setup_offline()
 import torch  # noqa: E402
 
 from course_utils import models, preference  # noqa: E402
-from course_utils import tokenizer as tk  # noqa: E402
+from course_utils.tokenizer import train_tiny_tokenizer  # noqa: E402
 
 ROWS = [
     {"prompt": f"Calculate the result.\n{i} + {i + 1}", "chosen": f"{2 * i + 1}", "rejected": f"{2 * i + 3}"}
@@ -29,7 +29,7 @@ ROWS = [
 @pytest.fixture(scope="module")
 def tok():
     texts = [r["prompt"] + " " + r["chosen"] + " " + r["rejected"] for r in ROWS] * 5
-    return tk.train_tiny_tokenizer(texts, vocab_size=300)
+    return train_tiny_tokenizer(texts, vocab_size=300)
 
 
 def _args(cls, tmp_path, **kw):

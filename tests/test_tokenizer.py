@@ -5,7 +5,21 @@ from __future__ import annotations
 import pytest
 
 from course_utils import TINY_BASE_DIR
-from course_utils import tokenizer as tk
+from course_utils.tokenizer import (
+    IM_END,
+    PAD,
+    SPECIAL_TOKENS,
+    chars_per_token,
+    compression,
+    eos_label_kept,
+    load_qwen2_tokenizer,
+    load_tiny_tokenizer,
+    render_with_template,
+    template_matches_inference,
+    train_sentencepiece,
+    train_tiny_tokenizer,
+    wrap_tokenizer,
+)
 
 TEXTS = [
     "托波里亚的首都是佐基港。托波里亚最长的河是特维河。",
@@ -23,13 +37,13 @@ MESSAGES = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tk.train_tiny_tokenizer(TEXTS, vocab_size=400)
+    return train_tiny_tokenizer(TEXTS, vocab_size=400)
 
 
 def test_special_token_ids(tokenizer):
-    assert [tokenizer.convert_tokens_to_ids(t) for t in tk.SPECIAL_TOKENS] == [0, 1, 2, 3]
-    assert tokenizer.eos_token == tk.IM_END and tokenizer.eos_token_id == 2
-    assert tokenizer.pad_token == tk.PAD and tokenizer.pad_token_id == 3 != tokenizer.eos_token_id
+    assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
+    assert tokenizer.eos_token == IM_END and tokenizer.eos_token_id == 2
+    assert tokenizer.pad_token == PAD and tokenizer.pad_token_id == 3 != tokenizer.eos_token_id
     assert tokenizer("<|im_start|>user")["input_ids"][0] == 1
 
 
@@ -62,66 +76,66 @@ def test_unknown_role_raises(tokenizer):
 
 
 def test_template_consistency_helpers(tokenizer):
-    good = tk.render_with_template(tokenizer, MESSAGES)
-    assert tk.template_matches_inference(tokenizer, MESSAGES, good)
+    good = render_with_template(tokenizer, MESSAGES)
+    assert template_matches_inference(tokenizer, MESSAGES, good)
     bad_text = f"<|user|>\n{MESSAGES[1]['content']}\n<|assistant|>\n{MESSAGES[2]['content']}{tokenizer.eos_token}"
     bad = tokenizer(bad_text, add_special_tokens=False)["input_ids"]
-    assert not tk.template_matches_inference(tokenizer, MESSAGES, bad)
+    assert not template_matches_inference(tokenizer, MESSAGES, bad)
 
 
 def test_eos_label_kept_detects_pad_equals_eos(tokenizer):
     from transformers import DataCollatorForLanguageModeling
 
-    features = [{"input_ids": tk.render_with_template(tokenizer, MESSAGES)},
-                {"input_ids": tk.render_with_template(tokenizer, MESSAGES[1:])}]
+    features = [{"input_ids": render_with_template(tokenizer, MESSAGES)},
+                {"input_ids": render_with_template(tokenizer, MESSAGES[1:])}]
     good = DataCollatorForLanguageModeling(tokenizer, mlm=False)(features)
-    assert all(tk.eos_label_kept(good["labels"][i].tolist(), good["input_ids"][i].tolist(), 2) for i in range(2))
-    bad_tokenizer = tk.wrap_tokenizer(tokenizer.backend_tokenizer)
+    assert all(eos_label_kept(good["labels"][i].tolist(), good["input_ids"][i].tolist(), 2) for i in range(2))
+    bad_tokenizer = wrap_tokenizer(tokenizer.backend_tokenizer)
     bad_tokenizer.pad_token = bad_tokenizer.eos_token
     bad = DataCollatorForLanguageModeling(bad_tokenizer, mlm=False)(features)
-    assert not tk.eos_label_kept(bad["labels"][0].tolist(), bad["input_ids"][0].tolist(), 2)
+    assert not eos_label_kept(bad["labels"][0].tolist(), bad["input_ids"][0].tolist(), 2)
 
 
 def test_compression_and_chars_per_token_agree(tokenizer):
     texts = TEXTS[:4]
-    assert tk.compression(tokenizer, texts) == pytest.approx(tk.chars_per_token(tokenizer, texts))
-    assert tk.compression(tokenizer.backend_tokenizer, texts) == pytest.approx(tk.chars_per_token(tokenizer, texts))
+    assert compression(tokenizer, texts) == pytest.approx(chars_per_token(tokenizer, texts))
+    assert compression(tokenizer.backend_tokenizer, texts) == pytest.approx(chars_per_token(tokenizer, texts))
     with pytest.raises(ValueError):
-        tk.chars_per_token(tokenizer, [""])
+        chars_per_token(tokenizer, [""])
 
 
 def test_sentencepiece_identity_round_trip():
-    sp = tk.train_sentencepiece(TEXTS, vocab_size=400, model_type="bpe")
+    sp = train_sentencepiece(TEXTS, vocab_size=400, model_type="bpe")
     text = "首先，找到地图。\n然后  出发！ Toporia"
     assert sp.decode(sp.encode_as_ids(text)) == text
     assert "<|im_start|>" in sp.encode_as_pieces("<|im_start|>user")
-    assert tk.compression(sp, TEXTS[:4]) > 1.0
+    assert compression(sp, TEXTS[:4]) > 1.0
 
 
 def test_save_and_load_tiny_tokenizer(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
-    loaded = tk.load_tiny_tokenizer(tmp_path)
+    loaded = load_tiny_tokenizer(tmp_path)
     assert loaded(TEXTS[0])["input_ids"] == tokenizer(TEXTS[0])["input_ids"]
     assert loaded.pad_token_id == 3 and loaded.eos_token_id == 2
     assert loaded.apply_chat_template(MESSAGES, tokenize=False) == tokenizer.apply_chat_template(MESSAGES, tokenize=False)
     with pytest.raises(FileNotFoundError, match="make_tiny_base"):
-        tk.load_tiny_tokenizer(tmp_path / "missing")
+        load_tiny_tokenizer(tmp_path / "missing")
 
 
 @pytest.mark.skipif(not (TINY_BASE_DIR / "tokenizer.json").exists(), reason="tiny base not built yet")
 def test_committed_tiny_tokenizer():
-    loaded = tk.load_tiny_tokenizer()
-    assert [loaded.convert_tokens_to_ids(t) for t in tk.SPECIAL_TOKENS] == [0, 1, 2, 3]
+    loaded = load_tiny_tokenizer()
+    assert [loaded.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
     assert loaded.decode(loaded(TEXTS[0])["input_ids"]) == TEXTS[0]
 
 
 @pytest.mark.slow
 def test_qwen2_tokenizer_offline():
-    qwen = tk.load_qwen2_tokenizer()
+    qwen = load_qwen2_tokenizer()
     assert qwen.convert_tokens_to_ids("<|im_start|>") == 151644
     assert qwen.convert_tokens_to_ids("<|endoftext|>") == 151643 and qwen.eos_token_id == 151645
     assert qwen("Hello!")["input_ids"] == [9707, 0]
-    assert tk.render_with_template(qwen, MESSAGES[1:2], add_generation_prompt=True)[:3] == [151644, 872, 198]
+    assert render_with_template(qwen, MESSAGES[1:2], add_generation_prompt=True)[:3] == [151644, 872, 198]
 
 
 def test_training_template_decision():
