@@ -1,7 +1,7 @@
 # The workbook's commands. Each creates .venv on first use (pinned versions) and reuses it afterwards.
 #   make workbook   run every notebook headless into build/ (+ HTML) and print a summary table
 #   make test       ruff, unit tests of course_utils + strict `pytest --nbval` on the notebooks (CI runs this)
-#   make lint       ruff only (pyproject.toml [tool.ruff])
+#   make lint       ruff check + ruff format --check (pyproject.toml [tool.ruff])
 #   make notebooks  re-execute the notebooks in place so their committed outputs are fresh
 #   make lab        JupyterLab on the project
 #   make slides     build the Marp decks into build/slides/
@@ -62,9 +62,11 @@ nbval: $(STAMP)
 
 test: lint unit nbval
 
-# ruff on the package, the scripts and the tests (configured in pyproject.toml; the notebooks are checked by nbval)
+# ruff on the package, the scripts and the tests: lint rules and formatting (configured in pyproject.toml; the
+# notebooks are lessons, checked by nbval; their lesson-code cells match the formatted package, tests/test_lesson_code.py)
 lint: $(STAMP)
 	$(PY) -m ruff check course_utils scripts tests
+	$(PY) -m ruff format --check course_utils scripts tests
 
 # Strict nbval with torch forced onto other CPU kernels and one thread: stored outputs must not depend on the CPU.
 PORTABILITY_SETTINGS := "ATEN_CPU_CAPABILITY=default" \

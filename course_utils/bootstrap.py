@@ -22,10 +22,23 @@ REPO_URL = "https://github.com/llm-course/llm-training-workbook"
 SUPPORTED_PYTHON = ((3, 10), (3, 12))
 #: Packages a running Jupyter kernel already depends on: installing another version under it breaks the session
 #: (old modules stay loaded while the files change), so they are never installed by the bootstrap.
-KERNEL_PACKAGES = frozenset({"torch", "ipykernel", "jupyterlab", "ipywidgets", "nbclient", "nbformat", "nbconvert",
-                             "numpy", "pandas", "matplotlib", "tensorboard"})
+KERNEL_PACKAGES = frozenset(
+    {
+        "torch",
+        "ipykernel",
+        "jupyterlab",
+        "ipywidgets",
+        "nbclient",
+        "nbformat",
+        "nbconvert",
+        "numpy",
+        "pandas",
+        "matplotlib",
+        "tensorboard",
+    }
+)
 
-SETUP_CELL = '''# Setup: works in a clone, and opened alone on Colab / AutoDL (it fetches the workbook). Run it before transformers.
+SETUP_CELL = """# Setup: works in a clone, and opened alone on Colab / AutoDL (it fetches the workbook). Run it before transformers.
 import os, pathlib, subprocess, sys
 ROOT = next((p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p / "course_utils").is_dir()), None)
 if ROOT is None:  # opened alone: a shallow clone of the whole workbook (code, data, committed models) next to it
@@ -51,7 +64,7 @@ elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from course_utils import env
 env.setup_offline(offline=OFFLINE)
-env.seed_everything(SEED)'''
+env.seed_everything(SEED)"""
 
 
 def check_python(version: tuple[int, int] | None = None) -> None:
@@ -59,8 +72,10 @@ def check_python(version: tuple[int, int] | None = None) -> None:
     major_minor = version or sys.version_info[:2]
     low, high = SUPPORTED_PYTHON
     if not low <= tuple(major_minor) <= high:
-        raise SystemExit(f"This workbook needs Python {low[0]}.{low[1]} to {high[0]}.{high[1]}, not "
-                         f"{major_minor[0]}.{major_minor[1]}: choose another runtime or make a venv with one of those.")
+        raise SystemExit(
+            f"This workbook needs Python {low[0]}.{low[1]} to {high[0]}.{high[1]}, not "
+            f"{major_minor[0]}.{major_minor[1]}: choose another runtime or make a venv with one of those."
+        )
 
 
 def missing_requirements(pyproject: Path, installed: dict[str, str] | None = None) -> list[str]:
@@ -97,14 +112,22 @@ def ready(root: str | Path, install: bool = True) -> list[str]:
     missing = missing_requirements(root / "pyproject.toml")
     if missing and install:
         environment = {**os.environ, "DS_BUILD_OPS": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], env=environment,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", *missing], env=environment, capture_output=True, text=True
+        )
         if done.returncode != 0:
-            raise SystemExit(f"pip could not install {', '.join(missing)}: check the network (or set PIP_INDEX_URL "
-                             "to a mirror, e.g. https://pypi.tuna.tsinghua.edu.cn/simple) and run this cell again.")
+            raise SystemExit(
+                f"pip could not install {', '.join(missing)}: check the network (or set PIP_INDEX_URL "
+                "to a mirror, e.g. https://pypi.tuna.tsinghua.edu.cn/simple) and run this cell again."
+            )
     data = root / "data_samples"
-    models = ", ".join(sorted(p.name for p in data.iterdir() if (p / "model.safetensors").exists())) \
-        if data.is_dir() else "none"
-    print(f"workbook: {root} | data: {data} | committed models: {models} | "
-          f"installed now: {', '.join(missing) if missing and install else 'nothing'}")
+    models = (
+        ", ".join(sorted(p.name for p in data.iterdir() if (p / "model.safetensors").exists()))
+        if data.is_dir()
+        else "none"
+    )
+    print(
+        f"workbook: {root} | data: {data} | committed models: {models} | "
+        f"installed now: {', '.join(missing) if missing and install else 'nothing'}"
+    )
     return missing if install else []

@@ -70,7 +70,9 @@ def normalize_text(text: str, keep_cjk_punctuation: bool = True) -> str:
 
 
 #: Characters that show up when UTF-8 bytes are decoded as cp1252/latin-1 (``é²èµž``, ``â€œ``).
-_LATIN1_MOJIBAKE_RE = re.compile("[\u00c0-\u00ff][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u2026\u2030\u2039\u203a\u20ac\u2122]")
+_LATIN1_MOJIBAKE_RE = re.compile(
+    "[\u00c0-\u00ff][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u2026\u2030\u2039\u203a\u20ac\u2122]"
+)
 
 
 def _sloppy_cp1252_bytes(text: str) -> bytes:
@@ -291,8 +293,9 @@ def near_dedup(
     """
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=lsh_threshold if lsh_threshold is not None else max(threshold - 0.1, 0.05),
-                     num_perm=num_perm)
+    lsh = MinHashLSH(
+        threshold=lsh_threshold if lsh_threshold is not None else max(threshold - 0.1, 0.05), num_perm=num_perm
+    )
     shingles: dict[int, set[str]] = {}
     keep: list[int] = []
     pairs: list[tuple[int, int, float]] = []
@@ -300,9 +303,7 @@ def near_dedup(
         text = example_text(example, fields)
         grams = char_shingles(text, n)
         signature = minhash(text, num_perm=num_perm, n=n, seed=seed)
-        scored = sorted(
-            (len(grams & shingles[key]) / len(grams | shingles[key]), -key) for key in lsh.query(signature)
-        )
+        scored = sorted((len(grams & shingles[key]) / len(grams | shingles[key]), -key) for key in lsh.query(signature))
         if scored and scored[-1][0] >= threshold:
             similarity, negative_key = scored[-1]
             pairs.append((index, -negative_key, round(float(similarity), 3)))
@@ -397,7 +398,9 @@ class DataReport:
     def __str__(self) -> str:
         return self.table()
 
-    def plot_lengths(self, bins: int = 30, title: str = "Lengths before / after cleaning") -> "matplotlib.figure.Figure":
+    def plot_lengths(
+        self, bins: int = 30, title: str = "Lengths before / after cleaning"
+    ) -> "matplotlib.figure.Figure":
         """Histograms of the character lengths before and after, on shared bins."""
         import matplotlib.pyplot as plt
         import numpy as np

@@ -212,7 +212,10 @@ def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def pack_to_blocks(
-    sequences: Sequence[Sequence[int]], block_size: int, pad_id: int, label_pad_id: int = IGNORE_INDEX,
+    sequences: Sequence[Sequence[int]],
+    block_size: int,
+    pad_id: int,
+    label_pad_id: int = IGNORE_INDEX,
     labels: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Greedy first-fit-decreasing packing of whole documents into rows of ``block_size`` (no document is cut).
@@ -223,8 +226,9 @@ def pack_to_blocks(
     document, e.g. SFT labels with -100 on the prompt) are kept; without them every token but the first is a target.
     Raises ``ValueError`` for a document longer than ``block_size`` or labels of another length.
     """
-    if labels is not None and (len(labels) != len(sequences)
-                               or any(len(l) != len(s) for l, s in zip(labels, sequences))):
+    if labels is not None and (
+        len(labels) != len(sequences) or any(len(l) != len(s) for l, s in zip(labels, sequences))
+    ):
         raise ValueError("labels must have one list per document, each as long as its input_ids")
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
     rows: list[list[int]] = []
@@ -344,8 +348,12 @@ def build_batches(
             )
         real = len(blocks["input_ids"]) * max_length
     else:  # packing_position_ids
-        packed = pack_to_blocks([list(ex["input_ids"]) for ex in examples], max_length, pad_id,
-                                labels=[list(ex["labels"]) for ex in examples] if "labels" in examples[0] else None)
+        packed = pack_to_blocks(
+            [list(ex["input_ids"]) for ex in examples],
+            max_length,
+            pad_id,
+            labels=[list(ex["labels"]) for ex in examples] if "labels" in examples[0] else None,
+        )
         order = random_batches(packed["input_ids"].shape[0], batch_size, seed=seed)
         for indices in order:
             batches.append({key: value[indices] for key, value in packed.items()})

@@ -78,8 +78,14 @@ def find_control_token(text: str, extra: Iterable[str] = ()) -> str | None:
     return next((token for token in extra if token and token in text), None)
 
 
-def check_text(text: Any, path: str | Path, line: int, field_name: str, allow_empty: bool = False,
-               special_tokens: Iterable[str] = ()) -> str:
+def check_text(
+    text: Any,
+    path: str | Path,
+    line: int,
+    field_name: str,
+    allow_empty: bool = False,
+    special_tokens: Iterable[str] = (),
+) -> str:
     """A text field must be a string, not blank (unless ``allow_empty``), and hold no literal control token."""
     if not isinstance(text, str):
         raise DataFormatError(path, line, field_name, f"expected str, got {type(text).__name__}")
@@ -87,9 +93,13 @@ def check_text(text: Any, path: str | Path, line: int, field_name: str, allow_em
         raise DataFormatError(path, line, field_name, "empty string")
     token = find_control_token(text, special_tokens)
     if token is not None:
-        raise DataFormatError(path, line, field_name,
-                              f"control token: contains the literal special token {token!r} (the tokenizer would "
-                              "turn it into the real one; remove it or escape it)")
+        raise DataFormatError(
+            path,
+            line,
+            field_name,
+            f"control token: contains the literal special token {token!r} (the tokenizer would "
+            "turn it into the real one; remove it or escape it)",
+        )
     return text
 
 
@@ -108,10 +118,25 @@ def _check_row(row: Any, schema: Schema, allow_empty: Iterable[str], path: Path,
 
 #: Problem prefixes that name a drop reason (the text before the first ":" otherwise).
 _REASONS: tuple[str, ...] = (
-    "not UTF-8", "invalid JSON", "missing field", "expected str", "expected a list", "expected an object",
-    "expected a JSON object", "empty string", "control token", "starts with a line break", "unknown role",
-    "no assistant turn", "alternate", "last turn", "system message", "empty conversation", "unknown format",
-    "identical", "expected",
+    "not UTF-8",
+    "invalid JSON",
+    "missing field",
+    "expected str",
+    "expected a list",
+    "expected an object",
+    "expected a JSON object",
+    "empty string",
+    "control token",
+    "starts with a line break",
+    "unknown role",
+    "no assistant turn",
+    "alternate",
+    "last turn",
+    "system message",
+    "empty conversation",
+    "unknown format",
+    "identical",
+    "expected",
 )
 
 
@@ -143,8 +168,12 @@ def _decode_line(raw: bytes, path: Path, number: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataFormatError(path, number, None, f"not UTF-8: byte {raw[exc.start:exc.start + 1]!r} at byte "
-                                                   f"{exc.start + 1} of the line") from None
+        raise DataFormatError(
+            path,
+            number,
+            None,
+            f"not UTF-8: byte {raw[exc.start : exc.start + 1]!r} at byte {exc.start + 1} of the line",
+        ) from None
 
 
 def _parse_line(raw: bytes, path: Path, number: int) -> Any:
@@ -202,8 +231,11 @@ def read_jsonl(
         rows.append(row)
     report.rows_out = len(rows)
     if not rows:
-        why = "the file holds no rows (it is empty or only blank lines)" if report.rows_in == 0 else \
-            f"all {report.rows_in} rows were dropped: {dict(report.dropped)}"
+        why = (
+            "the file holds no rows (it is empty or only blank lines)"
+            if report.rows_in == 0
+            else f"all {report.rows_in} rows were dropped: {dict(report.dropped)}"
+        )
         raise DataFormatError(path, None, None, f"empty dataset: {why}")
     return rows, report
 
@@ -235,8 +267,10 @@ def load_corpus(
             break
         if path.suffix == ".txt":
             documents = itertools.islice(((n, raw) for n, raw in _lines(path) if raw.strip()), remaining)
-            part = [{text_field: check_text(_decode_line(raw, path, number), path, number, text_field)}
-                    for number, raw in documents]
+            part = [
+                {text_field: check_text(_decode_line(raw, path, number), path, number, text_field)}
+                for number, raw in documents
+            ]
             if not part:
                 raise DataFormatError(path, None, None, "empty dataset: the file holds no non-blank line")
         else:
@@ -273,8 +307,9 @@ def group_texts(examples: Mapping[str, list[list[int]]], block_size: int) -> dic
     return result
 
 
-def split_documents(dataset: "datasets.Dataset", test_size: float, seed: int = 0,
-                    text_field: str = "text") -> "datasets.DatasetDict":
+def split_documents(
+    dataset: "datasets.Dataset", test_size: float, seed: int = 0, text_field: str = "text"
+) -> "datasets.DatasetDict":
     """Split a corpus into ``train`` / ``test`` *documents* before packing, with every copy of a text on one side.
 
     Packing first and splitting blocks second puts the two halves of a document cut by a block boundary on both
@@ -322,6 +357,4 @@ def tokenize_and_pack(
     tokenized = dataset.map(
         tokenize, batched=True, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc, desc=None
     )
-    return tokenized.map(
-        group_texts, batched=True, fn_kwargs={"block_size": block_size}, num_proc=num_proc, desc=None
-    )
+    return tokenized.map(group_texts, batched=True, fn_kwargs={"block_size": block_size}, num_proc=num_proc, desc=None)

@@ -112,8 +112,16 @@ def _plain_tqdm_bars(on: bool) -> None:
 
 #: Variables a distributed launcher (torchrun, accelerate, deepspeed) sets for each process. A process that
 #: inherits stale ones tries to rendezvous with a group that does not exist.
-LAUNCHER_ENV_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
-                                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+LAUNCHER_ENV_VARS: tuple[str, ...] = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def as_bool(value: object) -> bool:
@@ -244,10 +252,16 @@ def pick_precision(device: "torch.device | str") -> PrecisionChoice:
         index = device.index if device.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)
         if major >= 8:
-            return PrecisionChoice(torch.bfloat16, True, False, False,
-                                   f"CUDA GPU, compute capability {major}.{minor} >= 8.0: native bf16")
-        return PrecisionChoice(torch.float16, False, True, True,
-                               f"CUDA GPU, compute capability {major}.{minor} < 8.0 (e.g. T4): fp16 + GradScaler")
+            return PrecisionChoice(
+                torch.bfloat16, True, False, False, f"CUDA GPU, compute capability {major}.{minor} >= 8.0: native bf16"
+            )
+        return PrecisionChoice(
+            torch.float16,
+            False,
+            True,
+            True,
+            f"CUDA GPU, compute capability {major}.{minor} < 8.0 (e.g. T4): fp16 + GradScaler",
+        )
     return PrecisionChoice(torch.float32, False, False, False, f"{device.type}: fp32")
 
 
@@ -267,8 +281,15 @@ def trainer_defaults(device: "torch.device | str" = "auto", seed: int = 0) -> di
     under TRL's changes.
     """
     resolved = pick_device(device or "auto")
-    return {"save_strategy": "no", "eval_strategy": "no", "report_to": "none", "data_seed": seed,
-            "disable_tqdm": headless(), "use_cpu": resolved.type == "cpu", **trainer_precision_kwargs(resolved)}
+    return {
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "data_seed": seed,
+        "disable_tqdm": headless(),
+        "use_cpu": resolved.type == "cpu",
+        **trainer_precision_kwargs(resolved),
+    }
 
 
 def read_pins(pyproject: Path | None = None) -> dict[str, str]:

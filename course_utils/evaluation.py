@@ -57,24 +57,33 @@ DEFAULT_GENERATION_PROMPTS: tuple[str, ...] = (
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def block_split_documents(corpus: str | Path | None = None, block_size: int = HELDOUT_BLOCK_SIZE,
-                          test_size: float = HELDOUT_TEST_SIZE, seed: int = HELDOUT_SEED) -> tuple[set[int], set[int]]:
+def block_split_documents(
+    corpus: str | Path | None = None,
+    block_size: int = HELDOUT_BLOCK_SIZE,
+    test_size: float = HELDOUT_TEST_SIZE,
+    seed: int = HELDOUT_SEED,
+) -> tuple[set[int], set[int]]:
     """Row indices of the documents in the training blocks and in the test blocks of ``scripts/make_tiny_base.py``'s
     split (packed with the tiny base's tokenizer, ``train_test_split`` of the blocks); the two sets overlap."""
     from course_utils import tokenizer as tok
     from course_utils.data import load_corpus, tokenize_and_pack
 
     raw = load_corpus(Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl")
-    packed = tokenize_and_pack(raw, tok.load_tiny_tokenizer(), block_size=block_size,
-                               document_ids=True)
+    packed = tokenize_and_pack(raw, tok.load_tiny_tokenizer(), block_size=block_size, document_ids=True)
     split = packed.train_test_split(test_size=test_size, seed=seed)
-    return ({d for block in split["train"]["document"] for d in block},
-            {d for block in split["test"]["document"] for d in block})
+    return (
+        {d for block in split["train"]["document"] for d in block},
+        {d for block in split["test"]["document"] for d in block},
+    )
 
 
 @functools.lru_cache(maxsize=4)
-def unseen_documents(corpus: str | Path | None = None, block_size: int = HELDOUT_BLOCK_SIZE,
-                     test_size: float = HELDOUT_TEST_SIZE, seed: int = HELDOUT_SEED) -> tuple[int, ...]:
+def unseen_documents(
+    corpus: str | Path | None = None,
+    block_size: int = HELDOUT_BLOCK_SIZE,
+    test_size: float = HELDOUT_TEST_SIZE,
+    seed: int = HELDOUT_SEED,
+) -> tuple[int, ...]:
     """Row indices of the corpus documents the committed tiny base never trained on.
 
     ``scripts/make_tiny_base.py`` packs the corpus with the tiny tokenizer and splits the *blocks*
@@ -91,9 +100,18 @@ def unseen_documents(corpus: str | Path | None = None, block_size: int = HELDOUT
     from course_utils.train import file_sha256
 
     corpus_path = Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl"
-    key = hashlib.sha256(json.dumps([_UNSEEN_CACHE_VERSION, file_sha256(corpus_path),
-                                     file_sha256(TINY_BASE_DIR / "tokenizer.json"), block_size, test_size,
-                                     seed]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                _UNSEEN_CACHE_VERSION,
+                file_sha256(corpus_path),
+                file_sha256(TINY_BASE_DIR / "tokenizer.json"),
+                block_size,
+                test_size,
+                seed,
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     cached = env.cache_dir() / "unseen_documents" / f"{key}.json"
     try:
         return tuple(json.loads(cached.read_text(encoding="utf-8")))
@@ -111,9 +129,14 @@ def unseen_documents(corpus: str | Path | None = None, block_size: int = HELDOUT
     return unseen
 
 
-def heldout_blocks(tokenizer: Any, corpus: str | Path | None = None, block_size: int = HELDOUT_BLOCK_SIZE,
-                   test_size: float = HELDOUT_TEST_SIZE, seed: int = HELDOUT_SEED,
-                   max_blocks: int | None = None) -> "datasets.Dataset":
+def heldout_blocks(
+    tokenizer: Any,
+    corpus: str | Path | None = None,
+    block_size: int = HELDOUT_BLOCK_SIZE,
+    test_size: float = HELDOUT_TEST_SIZE,
+    seed: int = HELDOUT_SEED,
+    max_blocks: int | None = None,
+) -> "datasets.Dataset":
     """Packed blocks of the pretraining documents the tiny base never saw, tokenised with ``tokenizer``.
 
     The documents are :func:`unseen_documents` (decided with the tiny base's own tokenizer and split, so every model
@@ -124,8 +147,9 @@ def heldout_blocks(tokenizer: Any, corpus: str | Path | None = None, block_size:
 
     corpus = Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl"
     raw = load_corpus(corpus)
-    held = tokenize_and_pack(raw.select(unseen_documents(corpus, block_size, test_size, seed)), tokenizer,
-                             block_size=block_size)
+    held = tokenize_and_pack(
+        raw.select(unseen_documents(corpus, block_size, test_size, seed)), tokenizer, block_size=block_size
+    )
     if max_blocks is not None:
         held = held.select(range(min(max_blocks, len(held))))
     return held
@@ -149,9 +173,13 @@ class ModelReport:
 
     def row(self, digits: int = 3) -> dict[str, Any]:
         """A flat, rounded row for a table."""
-        out: dict[str, Any] = {"model": self.name, "params": self.num_parameters,
-                               "heldout_loss": round(self.loss, digits), "perplexity": round(self.perplexity, 2),
-                               "task_acc": round(self.accuracy, digits)}
+        out: dict[str, Any] = {
+            "model": self.name,
+            "params": self.num_parameters,
+            "heldout_loss": round(self.loss, digits),
+            "perplexity": round(self.perplexity, 2),
+            "task_acc": round(self.accuracy, digits),
+        }
         out.update({f"acc_{task}": round(value, digits) for task, value in sorted(self.by_task.items())})
         return out
 
@@ -166,10 +194,17 @@ def _unique_parameters(model: Any) -> int:
     return total
 
 
-def evaluate_model(model: Any, tokenizer: Any, name: str = "model", *, heldout: Any = None,
-                   task_rows: Sequence[Mapping[str, Any]] | None = None,
-                   generation_prompts: Sequence[str] = DEFAULT_GENERATION_PROMPTS, max_new_tokens: int = 16,
-                   batch_size: int = 64) -> ModelReport:
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    name: str = "model",
+    *,
+    heldout: Any = None,
+    task_rows: Sequence[Mapping[str, Any]] | None = None,
+    generation_prompts: Sequence[str] = DEFAULT_GENERATION_PROMPTS,
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+) -> ModelReport:
     """Evaluate any causal LM (plain, PEFT-wrapped or merged) the same way.
 
     * held-out perplexity: token-weighted mean next-token cross-entropy on ``heldout`` (packed blocks with
@@ -197,10 +232,19 @@ def evaluate_model(model: Any, tokenizer: Any, name: str = "model", *, heldout: 
     accuracy = by_task.pop("all")
     if not math.isfinite(loss):
         raise FloatingPointError(f"{name}: held-out loss is not finite ({loss})")
-    return ModelReport(name=name, loss=loss, perplexity=ppl, accuracy=accuracy, by_task=by_task,
-                       generations=dict(zip(generation_prompts, replies)), predictions=predictions,
-                       n_blocks=len(heldout), n_tasks=len(task_rows), num_parameters=_unique_parameters(model),
-                       seconds=time.perf_counter() - started)
+    return ModelReport(
+        name=name,
+        loss=loss,
+        perplexity=ppl,
+        accuracy=accuracy,
+        by_task=by_task,
+        generations=dict(zip(generation_prompts, replies)),
+        predictions=predictions,
+        n_blocks=len(heldout),
+        n_tasks=len(task_rows),
+        num_parameters=_unique_parameters(model),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def evaluation_table(reports: Sequence[ModelReport], digits: int = 3) -> "pandas.DataFrame":
@@ -260,9 +304,16 @@ def max_abs_diff(a: Any, b: Any) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
-def save_model(model: Any, tokenizer: Any, out_dir: str | Path, *, arguments: Mapping[str, Any] | None = None,
-               data_files: Sequence[str | Path] = (), extra: Mapping[str, Any] | None = None,
-               card: Mapping[str, Any] | None = None) -> Path:
+def save_model(
+    model: Any,
+    tokenizer: Any,
+    out_dir: str | Path,
+    *,
+    arguments: Mapping[str, Any] | None = None,
+    data_files: Sequence[str | Path] = (),
+    extra: Mapping[str, Any] | None = None,
+    card: Mapping[str, Any] | None = None,
+) -> Path:
     """``save_pretrained`` model (safetensors) and tokenizer, then ``metadata.json`` and a README.md model card.
 
     ``metadata.json`` is ``course_utils.train.write_metadata`` (arguments, data fingerprints, git commit, library
@@ -339,9 +390,18 @@ def folder_bytes(path: str | Path, pattern: str = "*") -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def write_model_card(out_dir: str | Path, *, title: str, base_model: str, data: Sequence[str] | str,
-                     steps: str, metrics: Mapping[str, Any] | None = None, load: str | None = None,
-                     notes: Sequence[str] = (), filename: str = "README.md") -> Path:
+def write_model_card(
+    out_dir: str | Path,
+    *,
+    title: str,
+    base_model: str,
+    data: Sequence[str] | str,
+    steps: str,
+    metrics: Mapping[str, Any] | None = None,
+    load: str | None = None,
+    notes: Sequence[str] = (),
+    filename: str = "README.md",
+) -> Path:
     """Write a short model card (Markdown) next to a saved model: what it is, the data, the training steps, the
     measured numbers, how to load it, and caveats. No timestamps, so the same run writes the same card."""
     out = Path(out_dir)
@@ -358,8 +418,10 @@ def write_model_card(out_dir: str | Path, *, title: str, base_model: str, data: 
         lines += ["## Load", "", "```python", load, "```", ""]
     lines += ["## Caveats", "", "- A teaching model (~1.5M parameters) trained on generated data; not for real use."]
     lines += [f"- {note}" for note in notes]
-    lines += ["- `metadata.json` in this folder: data fingerprint (SHA-256), git commit, arguments, library versions.",
-              ""]
+    lines += [
+        "- `metadata.json` in this folder: data fingerprint (SHA-256), git commit, arguments, library versions.",
+        "",
+    ]
     path = out / filename
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

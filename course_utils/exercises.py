@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from course_utils.loss import IGNORE_INDEX
+
 NOT_ATTEMPTED = "not attempted yet (the cell still raises NotImplementedError): write your answer and run it again"
 
 
@@ -64,8 +66,9 @@ LABELS_CONVERSATION: list[dict[str, str]] = [
 ]
 
 
-def check_assistant_only_labels(fn: Callable[[Any, list[dict[str, str]]], tuple[list[int], list[int]]],
-                                tokenizer: Any) -> bool:
+def check_assistant_only_labels(
+    fn: Callable[[Any, list[dict[str, str]]], tuple[list[int], list[int]]], tokenizer: Any
+) -> bool:
     """``fn(tokenizer, messages)`` returns ``(input_ids, labels)``: the template's ids, and labels that keep only the
     assistant replies and their ``<|im_end|>`` (-100 elsewhere, not shifted)."""
     from course_utils import tokenizer as tk
@@ -80,7 +83,7 @@ def check_assistant_only_labels(fn: Callable[[Any, list[dict[str, str]]], tuple[
         problems.append("input_ids differ from the chat template's rendering")
     if len(labels) != len(input_ids):
         problems.append(f"labels have length {len(labels)}, input_ids {len(input_ids)}")
-    kept = tokenizer.decode([label for label in labels if label != -100])
+    kept = tokenizer.decode([label for label in labels if label != IGNORE_INDEX])
     if kept != "2<|im_end|>4<|im_end|>":
         problems.append(f"the kept labels decode to {kept!r}, expected '2<|im_end|>4<|im_end|>'")
     if any(label not in (-100, token) for label, token in zip(labels, input_ids)):
@@ -90,14 +93,18 @@ def check_assistant_only_labels(fn: Callable[[Any, list[dict[str, str]]], tuple[
 
 # --- 03: a collate function that pads to a multiple ----------------------------------------------------------------
 
-def check_my_collate(fn: Callable[[list[dict[str, list[int]]], int, int], dict[str, Any]],
-                     examples: list[dict[str, list[int]]], tokenizer: Any) -> bool:
+
+def check_my_collate(
+    fn: Callable[[list[dict[str, list[int]]], int, int], dict[str, Any]],
+    examples: list[dict[str, list[int]]],
+    tokenizer: Any,
+) -> bool:
     """``fn(batch, pad_id, multiple)`` equals ``DataCollatorForSeq2Seq(pad_to_multiple_of=multiple)`` on 3 batches."""
     import torch
     from transformers import DataCollatorForSeq2Seq
 
     for multiple, start in [(8, 0), (16, 5), (8, 40)]:
-        items = examples[start:start + 5]
+        items = examples[start : start + 5]
         ok, got = _call(fn, items, tokenizer.pad_token_id, multiple)
         if not ok:
             return False
@@ -112,6 +119,7 @@ def check_my_collate(fn: Callable[[list[dict[str, list[int]]], int, int], dict[s
 
 
 # --- 04: the causal-LM loss ----------------------------------------------------------------------------------------
+
 
 def check_loss(fn: Callable[[Any, Any], Any]) -> bool:
     """``fn(logits [B, T, V], labels [B, T])`` equals the shifted, -100-ignoring, token-mean cross-entropy."""
@@ -128,9 +136,17 @@ def check_loss(fn: Callable[[Any, Any], Any]) -> bool:
         if not ok:
             return False
         if not torch.is_tensor(got) or got.shape != ():
-            return _verdict([f"expected a scalar tensor, got {type(got).__name__}"
-                             f"{tuple(got.shape) if torch.is_tensor(got) else ''}"])
+            return _verdict(
+                [
+                    f"expected a scalar tensor, got {type(got).__name__}"
+                    f"{tuple(got.shape) if torch.is_tensor(got) else ''}"
+                ]
+            )
         if not torch.allclose(got, want, atol=1e-5):
-            return _verdict([f"for shape {(b, t, v)} got {got.item():.2f}, expected {want.item():.2f} "
-                             "(did you shift by one? ignore -100?)"])
+            return _verdict(
+                [
+                    f"for shape {(b, t, v)} got {got.item():.2f}, expected {want.item():.2f} "
+                    "(did you shift by one? ignore -100?)"
+                ]
+            )
     return _verdict([])

@@ -71,9 +71,17 @@ def export_onnx(model: Any, path: str | Path, input_ids: "torch.Tensor", opset: 
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(None):
             warnings.simplefilter("ignore")
-            torch.onnx.export(_logits_only(model), (input_ids,), str(path), input_names=["input_ids"],
-                              output_names=["logits"], dynamo=True, opset_version=opset, external_data=False,
-                              verbose=False)
+            torch.onnx.export(
+                _logits_only(model),
+                (input_ids,),
+                str(path),
+                input_names=["input_ids"],
+                output_names=["logits"],
+                dynamo=True,
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
@@ -173,7 +181,9 @@ def gguf_tensor_name_library(hf_name: str, n_layers: int, arch: str = "qwen2") -
     """The same mapping from the ``gguf`` package (the table llama.cpp's converter uses)."""
     import gguf
 
-    return gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    return gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layers).get_name(
+        hf_name, try_suffixes=(".weight", ".bias")
+    )
 
 
 def _rope_theta(config: Any) -> float:
@@ -208,8 +218,13 @@ def tokenizer_gguf_fields(tokenizer: Any, vocab_size: int | None = None) -> dict
         "eos": tokenizer.eos_token_id,
         "pad": tokenizer.pad_token_id,
     }
-    return {"tokens": tokens, "types": types, "merges": merges, "ids": ids,
-            "chat_template": tokenizer.chat_template or ""}
+    return {
+        "tokens": tokens,
+        "types": types,
+        "merges": merges,
+        "ids": ids,
+        "chat_template": tokenizer.chat_template or "",
+    }
 
 
 def export_gguf(model: Any, tokenizer: Any, path: str | Path, dtype: str = "f32", name: str = "tiny") -> Path:
@@ -306,8 +321,11 @@ def gguf_state_dict(contents: GGUFContents, model: Any) -> dict[str, "torch.Tens
 
     state = {}
     for hf_name in model.state_dict():
-        gg = "token_embd.weight" if hf_name == "lm_head.weight" and "output.weight" not in contents.tensors \
+        gg = (
+            "token_embd.weight"
+            if hf_name == "lm_head.weight" and "output.weight" not in contents.tensors
             else gguf_tensor_name(hf_name)
+        )
         tensor = torch.from_numpy(contents.tensors[gg].astype("float32"))
         state[hf_name] = _gguf_layout(hf_name, tensor, model.config, inverse=True)
     return state
@@ -327,8 +345,9 @@ class GGUFCheck:
     file_bytes: int
 
 
-def verify_gguf(model: Any, tokenizer: Any, path: str | Path, input_ids: "torch.Tensor | None" = None,
-                atol: float = 0.0) -> GGUFCheck:
+def verify_gguf(
+    model: Any, tokenizer: Any, path: str | Path, input_ids: "torch.Tensor | None" = None, atol: float = 0.0
+) -> GGUFCheck:
     """Read ``path`` back and compare it with ``model`` / ``tokenizer``; raise ``AssertionError`` on a mismatch.
 
     Checks: every tensor name equals the ``gguf`` package's own Qwen2 mapping; the set of names and each shape
@@ -341,13 +360,20 @@ def verify_gguf(model: Any, tokenizer: Any, path: str | Path, input_ids: "torch.
     contents = read_gguf(path)
     config = model.config
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    expected = {gguf_tensor_name(n): _gguf_layout(n, t.detach().cpu().float(), config)
-                for n, t in model.state_dict().items() if not (tied and n == "lm_head.weight")}
-    assert set(contents.tensors) == set(expected), \
+    expected = {
+        gguf_tensor_name(n): _gguf_layout(n, t.detach().cpu().float(), config)
+        for n, t in model.state_dict().items()
+        if not (tied and n == "lm_head.weight")
+    }
+    assert set(contents.tensors) == set(expected), (
         f"tensor names differ: {sorted(set(contents.tensors) ^ set(expected))[:5]}"
+    )
     arch = gguf_arch(config)
-    library_ok = all(gguf_tensor_name_library(n, config.num_hidden_layers, arch) == gguf_tensor_name(n)
-                     for n in model.state_dict() if not (tied and n == "lm_head.weight"))
+    library_ok = all(
+        gguf_tensor_name_library(n, config.num_hidden_layers, arch) == gguf_tensor_name(n)
+        for n in model.state_dict()
+        if not (tied and n == "lm_head.weight")
+    )
     assert library_ok, "hand-written names differ from gguf.get_tensor_name_map"
     worst = 0.0
     for name, tensor in expected.items():
@@ -357,10 +383,13 @@ def verify_gguf(model: Any, tokenizer: Any, path: str | Path, input_ids: "torch.
     assert worst <= atol, f"tensor values differ by {worst} > atol {atol}"
     meta = contents.metadata
     assert meta["general.architecture"] == arch
-    for key, value in {f"{arch}.block_count": config.num_hidden_layers, f"{arch}.embedding_length": config.hidden_size,
-                       f"{arch}.feed_forward_length": config.intermediate_size,
-                       f"{arch}.attention.head_count": config.num_attention_heads,
-                       f"{arch}.attention.head_count_kv": config.num_key_value_heads}.items():
+    for key, value in {
+        f"{arch}.block_count": config.num_hidden_layers,
+        f"{arch}.embedding_length": config.hidden_size,
+        f"{arch}.feed_forward_length": config.intermediate_size,
+        f"{arch}.attention.head_count": config.num_attention_heads,
+        f"{arch}.attention.head_count_kv": config.num_key_value_heads,
+    }.items():
         assert int(meta[key]) == int(value), f"{key}: {meta[key]} != {value}"
     tok = tokenizer_gguf_fields(tokenizer, int(config.vocab_size))
     tokens_ok = list(meta["tokenizer.ggml.tokens"]) == tok["tokens"]
@@ -376,6 +405,13 @@ def verify_gguf(model: Any, tokenizer: Any, path: str | Path, input_ids: "torch.
         clone = copy.deepcopy(model).eval()
         clone.load_state_dict(gguf_state_dict(contents, model))
         logit_diff = max_abs_diff(logits_of(model, input_ids), logits_of(clone, input_ids))
-    return GGUFCheck(n_tensors=len(contents.tensors), names_match_library=library_ok, max_value_diff=worst,
-                     max_logit_diff=logit_diff, tokens_match=tokens_ok, merges_match=merges_ok, special_ids=ids,
-                     file_bytes=Path(path).stat().st_size)
+    return GGUFCheck(
+        n_tensors=len(contents.tensors),
+        names_match_library=library_ok,
+        max_value_diff=worst,
+        max_logit_diff=logit_diff,
+        tokens_match=tokens_ok,
+        merges_match=merges_ok,
+        special_ids=ids,
+        file_bytes=Path(path).stat().st_size,
+    )

@@ -53,7 +53,10 @@ class LoRALinear(nn.Module):
 
 
 def inject_lora(
-    model: nn.Module, target_modules: Sequence[str] = ("q_proj", "v_proj"), r: int = 8, alpha: float = 16,
+    model: nn.Module,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    r: int = 8,
+    alpha: float = 16,
     dropout: float = 0.0,
 ) -> list[str]:
     """Replace every ``nn.Linear`` whose name ends with a target by a ``LoRALinear``; freeze the rest.
@@ -62,8 +65,11 @@ def inject_lora(
     ``target_modules`` would otherwise train nothing at all).
     """
     model.requires_grad_(False)  # everything frozen: only the new A and B train
-    names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules]
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules
+    ]
     if not names:
         raise ValueError(f"inject_lora: no nn.Linear named {list(target_modules)} in {type(model).__name__}")
     for name in names:
@@ -170,8 +176,13 @@ def lora_param_formula(config: Any, target_modules: Sequence[str] = ("q_proj", "
     kv = config.num_key_value_heads * head_dim
     i = config.intermediate_size
     shapes = {
-        "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-        "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
     }
     unknown = set(target_modules) - set(shapes)
     if unknown:
@@ -211,7 +222,9 @@ def nf4_quantize(weight: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tenso
     return codes.view(-1), absmax
 
 
-def nf4_dequantize(codes: torch.Tensor, absmax: torch.Tensor, shape: Sequence[int], blocksize: int = 64) -> torch.Tensor:
+def nf4_dequantize(
+    codes: torch.Tensor, absmax: torch.Tensor, shape: Sequence[int], blocksize: int = 64
+) -> torch.Tensor:
     """Inverse of :func:`nf4_quantize` (up to rounding): ``level[code] * absmax`` per block."""
     values = nf4_codebook()[codes.long()].view(-1, blocksize) * absmax[:, None]
     return values.view(*shape)

@@ -226,16 +226,18 @@ def ds_estimate_table(
         f"HW: Setup with {num_nodes} {nodes_str}, {num_gpus_per_node} {gpus_str} per node.",
     ]
     if stage == 2:
-        lines.append(f"SW: Model with {int(total_params/1e6)}M total params.")
+        lines.append(f"SW: Model with {int(total_params / 1e6)}M total params.")
         lines.append("  per CPU  |  per GPU |   Options")
         for offload in (True, False):
             cpu, gpu = ds_zero2_estimate(total_params, num_gpus_per_node, num_nodes, offload, additional_buffer_factor)
-            lines.append(f" {cpu/2**30:7.2f}GB | {gpu/2**30:6.2f}GB | offload_optimizer={cpu_str if offload else 'none'}")
+            lines.append(
+                f" {cpu / 2**30:7.2f}GB | {gpu / 2**30:6.2f}GB | offload_optimizer={cpu_str if offload else 'none'}"
+            )
     elif stage == 3:
         if largest_layer_params is None:
             raise ValueError("ZeRO-3's estimate needs largest_layer_params")
         lines.append(
-            f"SW: Model with {int(total_params/1e6)}M total params, {int(largest_layer_params/1e6)}M largest layer params."
+            f"SW: Model with {int(total_params / 1e6)}M total params, {int(largest_layer_params / 1e6)}M largest layer params."
         )
         lines.append("  per CPU  |  per GPU |   Options")
         for offload in (True, False):
@@ -244,20 +246,28 @@ def ds_estimate_table(
                     continue
                 for zero_init in (True, False):
                     cpu, gpu, _ = ds_zero3_estimate(
-                        total_params, largest_layer_params, num_gpus_per_node, num_nodes, offload, offload_params,
-                        zero_init, additional_buffer_factor,
+                        total_params,
+                        largest_layer_params,
+                        num_gpus_per_node,
+                        num_nodes,
+                        offload,
+                        offload_params,
+                        zero_init,
+                        additional_buffer_factor,
                     )
                     options = (
                         f"offload_param={cpu_str if offload_params else 'none'}, "
                         f"offload_optimizer={cpu_str if offload else 'none'}, zero_init={int(zero_init)}"
                     )
-                    lines.append(f" {cpu/2**30:7.2f}GB | {gpu/2**30:6.2f}GB | {options}")
+                    lines.append(f" {cpu / 2**30:7.2f}GB | {gpu / 2**30:6.2f}GB | {options}")
     else:
         raise ValueError(f"DeepSpeed has estimators for stages 2 and 3 only, got {stage}")
     return "\n".join(lines) + "\n"
 
 
-def deepspeed_printed_table(stage: int, total_params: int, largest_layer_params: int | None = None, **kwargs: Any) -> str:
+def deepspeed_printed_table(
+    stage: int, total_params: int, largest_layer_params: int | None = None, **kwargs: Any
+) -> str:
     """Run DeepSpeed's own ``*_all_cold`` estimator and return what it prints (it returns None)."""
     buffer = io.StringIO()
     with redirect_stdout(buffer):
@@ -280,14 +290,42 @@ def deepspeed_printed_table(stage: int, total_params: int, largest_layer_params:
 
 #: Decoder shapes (from the models' config.json) for the calculator; "tiny" is course_utils.models' preset.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=4096, tie_word_embeddings=True),
-    "Qwen2.5-0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "Qwen2.5-1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "Qwen2.5-7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=4096,
+        tie_word_embeddings=True,
+    ),
+    "Qwen2.5-0.5B": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "Qwen2.5-1.5B": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "Qwen2.5-7B": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -543,10 +581,23 @@ def predict_step_bytes(model: "torch.nn.Module", seq_len: int, batch: int, atten
     total, _ = ds_count_params(model)
     n_tensors = len({p.data_ptr() for p in model.parameters() if p.requires_grad})
     e = next(model.parameters()).element_size()
-    acts = activation_bytes(model.config, seq_len, batch, dtype_bytes=e, attention=attention,
-                            checkpointing=bool(getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False))))
-    return StepBytes(params=total * e, grads=total * e, optimizer=total * 2 * e + 4 * n_tensors,
-                     saved_activations=acts.saved, logits=acts.logits)
+    acts = activation_bytes(
+        model.config,
+        seq_len,
+        batch,
+        dtype_bytes=e,
+        attention=attention,
+        checkpointing=bool(
+            getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False))
+        ),
+    )
+    return StepBytes(
+        params=total * e,
+        grads=total * e,
+        optimizer=total * 2 * e + 4 * n_tensors,
+        saved_activations=acts.saved,
+        logits=acts.logits,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -554,8 +605,13 @@ def predict_step_bytes(model: "torch.nn.Module", seq_len: int, batch: int, atten
 # ---------------------------------------------------------------------------------------------------------
 
 #: GPU memory in GiB (what ``nvidia-smi`` calls 24576MiB is a "24 GB" card).
-GPUS: dict[str, float] = {"T4 16GB": 15.0, "RTX 4090 24GB": 24.0, "A100 40GB": 40.0, "A100/H100 80GB": 80.0,
-                          "H200 141GB": 141.0}
+GPUS: dict[str, float] = {
+    "T4 16GB": 15.0,
+    "RTX 4090 24GB": 24.0,
+    "A100 40GB": 40.0,
+    "A100/H100 80GB": 80.0,
+    "H200 141GB": 141.0,
+}
 
 
 @dataclass(frozen=True)
@@ -576,8 +632,13 @@ class TrainingMemory:
         return self.params + self.grads + self.optimizer + self.activations + self.buffers
 
     def kinds(self) -> dict[str, int]:
-        return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
-                "buffers": self.buffers, "activations": self.activations}
+        return {
+            "params": self.params,
+            "grads": self.grads,
+            "optimizer": self.optimizer,
+            "buffers": self.buffers,
+            "activations": self.activations,
+        }
 
     def fits(self, gpu_gib: float) -> bool:
         return self.total <= gpu_gib * GIB
@@ -615,16 +676,31 @@ def estimate_training_memory(
     if stage == 2:
         ds_gpu = ds_zero2_estimate(total, num_gpus, num_nodes, cpu_offload=offload_optimizer)[1]
     elif stage == 3 and (offload_optimizer or not offload_param):
-        ds_gpu = ds_zero3_estimate(total, largest, num_gpus, num_nodes, cpu_offload=offload_optimizer,
-                                   cpu_offload_params=offload_param)[1]
-    setup = dict(model=model, params=total, num_gpus=num_gpus, num_nodes=num_nodes, stage=stage,
-                 offload_optimizer=offload_optimizer, offload_param=offload_param, batch=batch, seq_len=seq_len,
-                 checkpointing=checkpointing)
+        ds_gpu = ds_zero3_estimate(
+            total, largest, num_gpus, num_nodes, cpu_offload=offload_optimizer, cpu_offload_params=offload_param
+        )[1]
+    setup = dict(
+        model=model,
+        params=total,
+        num_gpus=num_gpus,
+        num_nodes=num_nodes,
+        stage=stage,
+        offload_optimizer=offload_optimizer,
+        offload_param=offload_param,
+        batch=batch,
+        seq_len=seq_len,
+        checkpointing=checkpointing,
+    )
     return TrainingMemory(setup, states.params, states.grads, states.optimizer, acts, buffers, states.cpu, ds_gpu)
 
 
-KIND_COLORS: dict[str, str] = {"params": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868",
-                               "buffers": "#8172b3", "activations": "#c44e52"}
+KIND_COLORS: dict[str, str] = {
+    "params": "#4c72b0",
+    "grads": "#dd8452",
+    "optimizer": "#55a868",
+    "buffers": "#8172b3",
+    "activations": "#c44e52",
+}
 
 
 def plot_training_memory(
@@ -648,10 +724,16 @@ def plot_training_memory(
             ax.bar(x, gib, bottom=bottom, color=KIND_COLORS[kind], label=kind if x == 0 else None, width=0.6)
             bottom += gib
         if m.deepspeed_gpu is not None:
-            ax.plot([x - 0.3, x + 0.3], [m.deepspeed_gpu / GIB] * 2, color="black", lw=2,
-                    label="DeepSpeed model states" if x == 0 else None)
-        ax.text(x, bottom, ("fits" if m.fits(gpu_gib) else "OOM") + f"\n{bottom:.1f}", ha="center", va="bottom",
-                fontsize=8)
+            ax.plot(
+                [x - 0.3, x + 0.3],
+                [m.deepspeed_gpu / GIB] * 2,
+                color="black",
+                lw=2,
+                label="DeepSpeed model states" if x == 0 else None,
+            )
+        ax.text(
+            x, bottom, ("fits" if m.fits(gpu_gib) else "OOM") + f"\n{bottom:.1f}", ha="center", va="bottom", fontsize=8
+        )
     ax.axhline(gpu_gib, color="gray", ls="--", lw=1, label=f"GPU {gpu_gib:g} GiB")
     ax.set_xticks(range(len(items)), labels, fontsize=8)
     ax.set_ylabel("GiB per GPU")
@@ -676,29 +758,47 @@ def memory_calculator_widget(gpu_gib: float = 24.0) -> Any:
 
     style = {"description_width": "120px"}
     layout = widgets.Layout(width="340px")
-    model = widgets.Dropdown(options=[*ARCHITECTURES, "param count"], value="Qwen2.5-1.5B", description="model",
-                             style=style, layout=layout)
-    count = widgets.BoundedFloatText(value=7.0, min=0.001, max=10_000.0, step=0.1, description="params (billions)",
-                                     disabled=True, style=style, layout=layout)
+    model = widgets.Dropdown(
+        options=[*ARCHITECTURES, "param count"], value="Qwen2.5-1.5B", description="model", style=style, layout=layout
+    )
+    count = widgets.BoundedFloatText(
+        value=7.0,
+        min=0.001,
+        max=10_000.0,
+        step=0.1,
+        description="params (billions)",
+        disabled=True,
+        style=style,
+        layout=layout,
+    )
     gpus = widgets.IntSlider(value=8, min=1, max=64, description="GPUs/node", style=style, layout=layout)
     nodes = widgets.IntSlider(value=1, min=1, max=16, description="nodes", style=style, layout=layout)
-    stage = widgets.ToggleButtons(options=[0, 1, 2, 3], value=2, description="ZeRO stage",
-                                  style={**style, "button_width": "46px"}, layout=layout)
+    stage = widgets.ToggleButtons(
+        options=[0, 1, 2, 3], value=2, description="ZeRO stage", style={**style, "button_width": "46px"}, layout=layout
+    )
     off_opt = widgets.Checkbox(value=False, description="offload optimizer", style=style, layout=layout)
     off_par = widgets.Checkbox(value=False, description="offload params", style=style, layout=layout)
     batch = widgets.IntSlider(value=1, min=1, max=64, description="batch/GPU", style=style, layout=layout)
-    seq = widgets.IntSlider(value=2048, min=128, max=32768, step=128, description="seq len", style=style,
-                            layout=layout)
+    seq = widgets.IntSlider(value=2048, min=128, max=32768, step=128, description="seq len", style=style, layout=layout)
     ckpt = widgets.Checkbox(value=True, description="checkpointing", style=style, layout=layout)
-    gpu = widgets.Dropdown(options=GPUS, value=gpu_gib if gpu_gib in GPUS.values() else 24.0, description="GPU",
-                           style=style, layout=layout)
+    gpu = widgets.Dropdown(
+        options=GPUS, value=gpu_gib if gpu_gib in GPUS.values() else 24.0, description="GPU", style=style, layout=layout
+    )
     out = widgets.Output()
 
     def estimate() -> TrainingMemory:
         chosen = round(count.value * 1e9) if model.value == "param count" else model.value
-        return estimate_training_memory(chosen, gpus.value, stage.value, off_opt.value and stage.value > 0,
-                                        off_par.value and stage.value == 3, batch.value, seq.value, ckpt.value,
-                                        nodes.value)
+        return estimate_training_memory(
+            chosen,
+            gpus.value,
+            stage.value,
+            off_opt.value and stage.value > 0,
+            off_par.value and stage.value == 3,
+            batch.value,
+            seq.value,
+            ckpt.value,
+            nodes.value,
+        )
 
     def redraw(*_: Any) -> None:
         count.disabled = model.value != "param count"
@@ -712,9 +812,19 @@ def memory_calculator_widget(gpu_gib: float = 24.0) -> Any:
             plot_training_memory(m, gpu.value)
             plt.show()
 
-    controls = {"model": model, "params": count, "gpus": gpus, "nodes": nodes, "stage": stage,
-                "offload_optimizer": off_opt, "offload_params": off_par, "batch": batch, "seq_len": seq,
-                "checkpointing": ckpt, "gpu": gpu}
+    controls = {
+        "model": model,
+        "params": count,
+        "gpus": gpus,
+        "nodes": nodes,
+        "stage": stage,
+        "offload_optimizer": off_opt,
+        "offload_params": off_par,
+        "batch": batch,
+        "seq_len": seq,
+        "checkpointing": ckpt,
+        "gpu": gpu,
+    }
     for c in controls.values():
         c.observe(redraw, names="value")
     redraw()
@@ -772,8 +882,13 @@ def single_process_deepspeed_env(skip_shm_build: bool = True) -> dict[str, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    values = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-              "MASTER_PORT": os.environ.get("MASTER_PORT", str(port))}
+    values = {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": os.environ.get("MASTER_PORT", str(port)),
+    }
     os.environ.update(values)
     if skip_shm_build:
         import deepspeed.ops
@@ -805,13 +920,22 @@ def _numel(tensors: Iterable[Any]) -> int:
     return sum(t.numel() for t in tensors if t is not None)
 
 
-def _zero_partition_worker(rank: int, world_size: int, port: int, config: Any, stages: tuple[int, ...],
-                           seed: int, queue: Any) -> None:
+def _zero_partition_worker(
+    rank: int, world_size: int, port: int, config: Any, stages: tuple[int, ...], seed: int, queue: Any
+) -> None:
     """One rank of ``measure_zero_partitions`` (a module-level function so that ``spawn`` can import it)."""
     import os
 
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "DS_ACCELERATOR": "cpu",
+        }
+    )
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # DeepSpeed's banners and warnings; an exception still reaches the parent
     os.dup2(devnull, 2)
@@ -827,14 +951,23 @@ def _zero_partition_worker(rank: int, world_size: int, port: int, config: Any, s
         psi = _numel(model.parameters())
         largest = max(p.numel() for p in model.parameters())
         tensors = len(list(model.parameters()))
-        ds_config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
-                     "zero_allow_untested_optimizer": True, "steps_per_print": 10**9,
-                     "zero_optimization": {"stage": stage, "reduce_bucket_size": 10**6, "allgather_bucket_size": 10**6,
-                                           # ZeRO-3 keeps parameters under 1e5 elements whole on every rank
-                                           # by default; 0 partitions every tensor
-                                           "stage3_param_persistence_threshold": 0}}
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 2,
+            "gradient_accumulation_steps": 2,
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "zero_optimization": {
+                "stage": stage,
+                "reduce_bucket_size": 10**6,
+                "allgather_bucket_size": 10**6,
+                # ZeRO-3 keeps parameters under 1e5 elements whole on every rank
+                # by default; 0 partitions every tensor
+                "stage3_param_persistence_threshold": 0,
+            },
+        }
         engine, optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), config=ds_config)
+            model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), config=ds_config
+        )
         ids = torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(seed + rank))
         engine.backward(engine(input_ids=ids, labels=ids).loss)  # micro-step 1 of 2: gradients are accumulated
         if stage == 1:
@@ -853,8 +986,12 @@ def _zero_partition_worker(rank: int, world_size: int, port: int, config: Any, s
         else:
             params = _numel(p.ds_tensor for p in model.parameters())
             master = _numel(optimizer.fp32_partitioned_groups_flat)
-        moments = sum(t.numel() for state in optimizer.optimizer.state.values() for t in state.values()
-                      if torch.is_tensor(t) and t.dim() > 0)  # not the scalar ``step``
+        moments = sum(
+            t.numel()
+            for state in optimizer.optimizer.state.values()
+            for t in state.values()
+            if torch.is_tensor(t) and t.dim() > 0
+        )  # not the scalar ``step``
         queue.put(RankPartition(stage, rank, psi, params, grads, master, moments, largest, tensors))
         engine.destroy()
         del engine, optimizer, model
@@ -862,8 +999,9 @@ def _zero_partition_worker(rank: int, world_size: int, port: int, config: Any, s
     torch.distributed.destroy_process_group()
 
 
-def measure_zero_partitions(config: Any, stages: tuple[int, ...] = (1, 2, 3), world_size: int = 2,
-                            seed: int = 0) -> list[RankPartition]:
+def measure_zero_partitions(
+    config: Any, stages: tuple[int, ...] = (1, 2, 3), world_size: int = 2, seed: int = 0
+) -> list[RankPartition]:
     """Run DeepSpeed ZeRO with ``world_size`` CPU processes (gloo) on a fresh model built from ``config`` and
     return what each rank holds, sorted by (stage, rank).
 
@@ -880,8 +1018,12 @@ def measure_zero_partitions(config: Any, stages: tuple[int, ...] = (1, 2, 3), wo
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_zero_partition_worker, args=(world_size, port, config, tuple(stages), seed, queue),
-                       nprocs=world_size, start_method="spawn")
+    mp.start_processes(
+        _zero_partition_worker,
+        args=(world_size, port, config, tuple(stages), seed, queue),
+        nprocs=world_size,
+        start_method="spawn",
+    )
     rows = [queue.get() for _ in range(world_size * len(stages))]
     return sorted(rows, key=lambda r: (r.stage, r.rank))
 
@@ -960,6 +1102,8 @@ def check_fits(notebook: str, config: Any, device: "torch.device | str") -> int:
         free = psutil.virtual_memory().available
         where = f"this machine has {free / GIB:.1f} GiB of RAM available"
     if need > free:
-        raise MemoryError(f"{notebook} needs about {need / GIB:.1f} GiB for this model but {where}: choose a smaller "
-                          "MODEL, a larger GPU, or lower BATCH_SIZE / MAX_LENGTH in the parameters cell.")
+        raise MemoryError(
+            f"{notebook} needs about {need / GIB:.1f} GiB for this model but {where}: choose a smaller "
+            "MODEL, a larger GPU, or lower BATCH_SIZE / MAX_LENGTH in the parameters cell."
+        )
     return need

@@ -190,7 +190,8 @@ def load_model_and_tokenizer(
         raise ValueError(
             f"{name}: pad == eos ({tokenizer.pad_token!r}); a reward model reads its score at the rightmost non-pad "
             "token, so it would skip the final EOS. Load with template='training' (EOS becomes <|im_end|>) or give "
-            "the tokenizer a dedicated pad token.")
+            "the tokenizer a dedicated pad token."
+        )
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     if name == "tiny":
         if head != "causal-lm":
@@ -246,9 +247,24 @@ def is_local_model(name: str) -> bool:
 STANDIN_KINDS: tuple[str, ...] = ("qwen2-instruct", "qwen2-base", "llama")
 #: Qwen2.5's special tokens after ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` (ids 151646-151664).
 QWEN25_EXTRA_SPECIAL_TOKENS: list[str] = [
-    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
-    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
-    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
     "<|file_sep|>",
 ]
 #: Qwen2.5-0.5B's embedding rows: 151,936, more than its 151,665 tokens (padded for efficient matmuls).
@@ -266,8 +282,9 @@ def trl_chat_template(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def build_standin(path: "str | Path", kind: str = "qwen2-instruct", hidden_size: int = 64, num_layers: int = 2,
-                  seed: int = 0) -> Path:
+def build_standin(
+    path: "str | Path", kind: str = "qwen2-instruct", hidden_size: int = 64, num_layers: int = 2, seed: int = 0
+) -> Path:
     """Write a small randomly initialised checkpoint shaped like a real hub model, for testing without a network.
 
     Every kind has Qwen2.5's real tokenizer (151,665 tokens: :func:`course_utils.tokenizer.load_qwen2_tokenizer`, built
@@ -298,10 +315,18 @@ def build_standin(path: "str | Path", kind: str = "qwen2-instruct", hidden_size:
         tokenizer.eos_token = ENDOFTEXT
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     common = dict(
-        vocab_size=QWEN25_VOCAB_SIZE, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT), eos_token_id=eos_id, pad_token_id=pad_id,
+        vocab_size=QWEN25_VOCAB_SIZE,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
     )
     if kind == "llama":
         config = LlamaConfig(tie_word_embeddings=False, attention_bias=False, **common)
@@ -313,22 +338,32 @@ def build_standin(path: "str | Path", kind: str = "qwen2-instruct", hidden_size:
     if kind == "qwen2-instruct":
         im_end = tokenizer.convert_tokens_to_ids(IM_END)
         model.generation_config = GenerationConfig(
-            bos_token_id=common["bos_token_id"], eos_token_id=[im_end, common["bos_token_id"]], pad_token_id=pad_id,
-            do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05,
+            bos_token_id=common["bos_token_id"],
+            eos_token_id=[im_end, common["bos_token_id"]],
+            pad_token_id=pad_id,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.8,
+            top_k=20,
+            repetition_penalty=1.05,
         )
     else:
-        model.generation_config = GenerationConfig(bos_token_id=common["bos_token_id"], eos_token_id=eos_id,
-                                                   max_new_tokens=2048, do_sample=False)
+        model.generation_config = GenerationConfig(
+            bos_token_id=common["bos_token_id"], eos_token_id=eos_id, max_new_tokens=2048, do_sample=False
+        )
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     (path / "README.md").write_text(
         f"Stand-in `{kind}` written by `course_utils.models.build_standin` (random weights, seed {seed}): "
-        "the shape of a real checkpoint, not a trained model.\n", encoding="utf-8")
+        "the shape of a real checkpoint, not a trained model.\n",
+        encoding="utf-8",
+    )
     return path
 
 
-def reference_loss(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", num_documents: int = 4,
-                   kind: str = "text") -> float:
+def reference_loss(
+    model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", num_documents: int = 4, kind: str = "text"
+) -> float:
     """Mean next-token loss (nats) of ``model`` on a few fixed examples of the project's data.
 
     ``kind="text"``: the first documents of the pretraining corpus (what a base model knows); ``kind="chat"``: the
@@ -380,7 +415,9 @@ def is_trained(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", r
     if reference_loss(model, tokenizer, kind="text") < threshold:
         return True
     vocab = tokenizer.get_vocab()
-    return "<|im_start|>" in vocab and "<|im_end|>" in vocab and reference_loss(model, tokenizer, kind="chat") < threshold
+    return (
+        "<|im_start|>" in vocab and "<|im_end|>" in vocab and reference_loss(model, tokenizer, kind="chat") < threshold
+    )
 
 
 def check_fits(notebook: str, name: str, device: "torch.device | str") -> int:

@@ -71,7 +71,13 @@ def add_bottleneck_adapters(model: nn.Module, bottleneck: int = 16, module_name:
 #: Per-method defaults used by the notebook and ``scripts/bench_peft.py``; parameter-efficient methods
 #: train few parameters from a zero/identity start and want a larger learning rate than full fine-tuning.
 DEFAULT_LR: dict[str, float] = {
-    "full": 1e-3, "lora": 1e-2, "lora-all": 1e-2, "adapter": 1e-2, "prefix": 3e-2, "prompt": 3e-2, "ia3": 3e-2,
+    "full": 1e-3,
+    "lora": 1e-2,
+    "lora-all": 1e-2,
+    "adapter": 1e-2,
+    "prefix": 3e-2,
+    "prompt": 3e-2,
+    "ia3": 3e-2,
 }
 
 
@@ -105,12 +111,20 @@ def prepare_method(
         return model
     configs: dict[str, Callable[[], Any]] = {
         "lora": lambda: LoraConfig(
-            task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
-            target_modules=["q_proj", "v_proj"], trainable_token_indices=tokens,
+            task_type=TaskType.CAUSAL_LM,
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=["q_proj", "v_proj"],
+            trainable_token_indices=tokens,
         ),
         "lora-all": lambda: LoraConfig(
-            task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
-            target_modules="all-linear", trainable_token_indices=tokens,
+            task_type=TaskType.CAUSAL_LM,
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules="all-linear",
+            trainable_token_indices=tokens,
         ),
         "prefix": lambda: PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens),
         "prompt": lambda: PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens),
@@ -203,8 +217,11 @@ def train_and_measure(
     params = [p for p in model.parameters() if p.requires_grad]
     unique_params = {id(p): p for p in model.parameters()}.values()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps) if schedule == "cosine"
-                 else get_constant_schedule_with_warmup(optimizer, warmup_steps))
+    scheduler = (
+        get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+        if schedule == "cosine"
+        else get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    )
     before = eval_loss(model, eval_batches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -84,9 +84,7 @@ def tokenize_preference(row: dict[str, Any], tokenizer: "PreTrainedTokenizerBase
     return {"prompt_ids": prompt_ids[:n], "chosen_ids": chosen_full[n:], "rejected_ids": rejected_full[n:]}
 
 
-def collate_preference(
-    examples: Sequence[dict[str, list[int]]], pad_token_id: int
-) -> dict[str, "torch.Tensor"]:
+def collate_preference(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, "torch.Tensor"]:
     """Pad a list of :func:`tokenize_preference` outputs into one batch: the chosen rows first, then the rejected.
 
     Returns ``input_ids``/``attention_mask``/``completion_mask`` of shape ``(2B, T)`` (right padding), as TRL's DPO
@@ -127,7 +125,9 @@ def bradley_terry_loss(
     return -F.logsigmoid(diff).mean()
 
 
-def pairwise_accuracy(chosen_scores: "Sequence[float] | torch.Tensor", rejected_scores: "Sequence[float] | torch.Tensor") -> float:
+def pairwise_accuracy(
+    chosen_scores: "Sequence[float] | torch.Tensor", rejected_scores: "Sequence[float] | torch.Tensor"
+) -> float:
     """Fraction of pairs whose chosen score is strictly higher than the rejected one."""
     import torch
 
@@ -157,9 +157,7 @@ def sequence_rewards(
     return scores[torch.arange(input_ids.shape[0], device=input_ids.device), last]
 
 
-def reward_batch(
-    rows: Sequence[dict[str, Any]], tokenizer: "PreTrainedTokenizerBase"
-) -> dict[str, "torch.Tensor"]:
+def reward_batch(rows: Sequence[dict[str, Any]], tokenizer: "PreTrainedTokenizerBase") -> dict[str, "torch.Tensor"]:
     """Tokenize rows as ``RewardTrainer`` does (whole conversation prompt+reply) and pad: chosen first, then rejected."""
     import torch
 
@@ -298,15 +296,29 @@ def group_advantages(rewards: "torch.Tensor", group_size: int, scale: bool = Tru
 
 
 # ------------------------------------------------------------------------------------------------ TRL helpers
-def sampled_reward(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], samples: int = 8,
-                   temperature: float = 1.0, max_new_tokens: int = 16, seed: int = 0) -> float:
+def sampled_reward(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    samples: int = 8,
+    temperature: float = 1.0,
+    max_new_tokens: int = 16,
+    seed: int = 0,
+) -> float:
     """Mean 0/1 verifiable reward of ``samples`` sampled replies per checkable-task row (what GRPO maximises),
     measured on a fixed set of prompts with a fixed sampling seed, so before/after values are comparable."""
     from course_utils import sft
 
     prompts = [task_to_messages(row, with_answer=False) for row in rows]
-    replies = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, num_samples=samples,
-                                   temperature=temperature, seed=seed)
+    replies = sft.generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        num_samples=samples,
+        temperature=temperature,
+        seed=seed,
+    )
     golds = [row for row in rows for _ in range(samples)]
     return sum(score_answer(r["task"], reply, r["answer"]) for r, reply in zip(golds, replies)) / len(replies)
 
@@ -340,24 +352,49 @@ def rows_to_dataset(rows: Iterable[dict[str, Any]], conversational: bool = True)
 PREFERENCE_RUNS_FILE = "preference_runs.json"
 
 
-def dpo_config(output_dir: Any, *, beta: float, max_steps: int, batch_size: int, learning_rate: float,
-               device: "torch.device | str", seed: int = 0, **overrides: Any) -> Any:
+def dpo_config(
+    output_dir: Any,
+    *,
+    beta: float,
+    max_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    device: "torch.device | str",
+    seed: int = 0,
+    **overrides: Any,
+) -> Any:
     """Notebook 10's ``DPOConfig``: cosine schedule after 5 warm-up steps, a log every 5 steps (fewer for short
     runs), sequences up to 256 tokens, and :func:`quiet_trainer_kwargs` (seeded, precision for ``device``)."""
     from trl import DPOConfig
 
-    kwargs = dict(output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_steps=max_steps,
-                  learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=5,
-                  logging_steps=max(1, min(5, max_steps // 2)), beta=beta, max_length=256,
-                  **quiet_trainer_kwargs(device, seed=seed))
+    kwargs = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=5,
+        logging_steps=max(1, min(5, max_steps // 2)),
+        beta=beta,
+        max_length=256,
+        **quiet_trainer_kwargs(device, seed=seed),
+    )
     kwargs.update(overrides)
     return DPOConfig(**kwargs)
 
 
-def beta_sweep_point(policy: Any, reference: Any, tokenizer: Any, start_state: Mapping[str, Any],
-                     train_rows: Sequence[dict[str, Any]], test_rows: Sequence[dict[str, Any]],
-                     ref_logps: "tuple[torch.Tensor, torch.Tensor]", config: Any, seed: int = 0,
-                     task_rows: Sequence[Mapping[str, Any]] = ()) -> dict[str, float]:
+def beta_sweep_point(
+    policy: Any,
+    reference: Any,
+    tokenizer: Any,
+    start_state: Mapping[str, Any],
+    train_rows: Sequence[dict[str, Any]],
+    test_rows: Sequence[dict[str, Any]],
+    ref_logps: "tuple[torch.Tensor, torch.Tensor]",
+    config: Any,
+    seed: int = 0,
+    task_rows: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, float]:
     """One point of notebook 10's beta sweep: ``policy`` restarted from ``start_state`` and trained for
     ``config.max_steps`` DPO steps at ``config.beta`` on the first steps x batch pairs of ``train_rows``, then
     measured on ``test_rows`` against the reference's log-probs ``ref_logps``.
@@ -373,32 +410,59 @@ def beta_sweep_point(policy: Any, reference: Any, tokenizer: Any, start_state: M
     policy.load_state_dict(start_state)
     env.seed_everything(seed)
     pairs = train_rows[: config.max_steps * config.per_device_train_batch_size]
-    trainer = env.quiet_trainer(DPOTrainer(model=policy, ref_model=reference, args=config, processing_class=tokenizer,
-                                 train_dataset=rows_to_dataset(pairs)))
+    trainer = env.quiet_trainer(
+        DPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=config,
+            processing_class=tokenizer,
+            train_dataset=rows_to_dataset(pairs),
+        )
+    )
     trainer.train()
     chosen, rejected = preference_logps(policy, tokenizer, test_rows)
     ref_c, ref_r = ref_logps
     beta = config.beta
     metrics = dpo_metrics(chosen, rejected, ref_c, ref_r, beta=beta)
-    point = {"beta": beta, "steps": config.max_steps, "logratio_margin": metrics["reward_margin"] / beta,
-             "reward_accuracy": metrics["reward_accuracy"], "drift": (chosen - ref_c).abs().mean().item(),
-             "grad_weight": torch.sigmoid(-beta * ((chosen - ref_c) - (rejected - ref_r))).mean().item()}
+    point = {
+        "beta": beta,
+        "steps": config.max_steps,
+        "logratio_margin": metrics["reward_margin"] / beta,
+        "reward_accuracy": metrics["reward_accuracy"],
+        "drift": (chosen - ref_c).abs().mean().item(),
+        "grad_weight": torch.sigmoid(-beta * ((chosen - ref_c) - (rejected - ref_r))).mean().item(),
+    }
     if task_rows:
         point["task_accuracy"] = sft.task_accuracy(policy, tokenizer, task_rows)
     return point
 
 
-def grpo_config(output_dir: Any, *, max_steps: int, learning_rate: float, device: "torch.device | str",
-                seed: int = 0, **overrides: Any) -> Any:
+def grpo_config(
+    output_dir: Any,
+    *,
+    max_steps: int,
+    learning_rate: float,
+    device: "torch.device | str",
+    seed: int = 0,
+    **overrides: Any,
+) -> Any:
     """Notebook 10's ``GRPOConfig``: 4 prompts x 8 sampled replies per step (batch 32), replies up to 12 tokens
     (the longest gold answer is 11 plus ``<|im_end|>``), temperature 1.0, constant rate, a log every step, TRL's
     default loss (``loss_type="dapo"``, ``beta=0.0``: no reference model)."""
     from trl import GRPOConfig
 
-    kwargs = dict(output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=32,
-                  num_generations=8, max_completion_length=12, learning_rate=learning_rate,
-                  lr_scheduler_type="constant", logging_steps=1, temperature=1.0,
-                  **quiet_trainer_kwargs(device, seed=seed))
+    kwargs = dict(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=32,
+        num_generations=8,
+        max_completion_length=12,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        temperature=1.0,
+        **quiet_trainer_kwargs(device, seed=seed),
+    )
     kwargs.update(overrides)
     return GRPOConfig(**kwargs)
 
@@ -408,12 +472,20 @@ def grpo_practice_dataset(rows: Sequence[Mapping[str, Any]]) -> "datasets.Datase
     that TRL passes on to the reward function."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": task_to_messages(r, with_answer=False), "task": r["task"],
-                               "answer": r["answer"]} for r in rows])
+    return Dataset.from_list(
+        [{"prompt": task_to_messages(r, with_answer=False), "task": r["task"], "answer": r["answer"]} for r in rows]
+    )
 
 
-def grpo_run(policy: Any, tokenizer: Any, practice_rows: Sequence[Mapping[str, Any]], reward_funcs: list[Any],
-             config: Any, seed: int = 0, heldout_rows: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def grpo_run(
+    policy: Any,
+    tokenizer: Any,
+    practice_rows: Sequence[Mapping[str, Any]],
+    reward_funcs: list[Any],
+    config: Any,
+    seed: int = 0,
+    heldout_rows: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """Notebook 10's GRPO demo: ``GRPOTrainer`` on ``practice_rows`` with ``reward_funcs``, and the sampled reward
     on the same prompts (8 replies each, fixed sampling seed) before and after, so the two are comparable; with
     ``heldout_rows`` also the greedy task accuracy after. Trains ``policy`` in place."""
@@ -423,13 +495,26 @@ def grpo_run(policy: Any, tokenizer: Any, practice_rows: Sequence[Mapping[str, A
 
     before = sampled_reward(policy, tokenizer, practice_rows, samples=8, max_new_tokens=12, seed=seed)
     env.seed_everything(seed)
-    trainer = env.quiet_trainer(GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=config, processing_class=tokenizer,
-                                  train_dataset=grpo_practice_dataset(practice_rows)))
+    trainer = env.quiet_trainer(
+        GRPOTrainer(
+            model=policy,
+            reward_funcs=reward_funcs,
+            args=config,
+            processing_class=tokenizer,
+            train_dataset=grpo_practice_dataset(practice_rows),
+        )
+    )
     trainer.train()
-    run = {"learning_rate": config.learning_rate, "steps": config.max_steps,
-           "rewards": train.log_history(trainer, "reward"), "zero_std": train.log_history(trainer, "frac_reward_zero_std"),
-           "practice_reward": [before, sampled_reward(policy, tokenizer, practice_rows, samples=8,
-                                                      max_new_tokens=12, seed=seed)]}
+    run = {
+        "learning_rate": config.learning_rate,
+        "steps": config.max_steps,
+        "rewards": train.log_history(trainer, "reward"),
+        "zero_std": train.log_history(trainer, "frac_reward_zero_std"),
+        "practice_reward": [
+            before,
+            sampled_reward(policy, tokenizer, practice_rows, samples=8, max_new_tokens=12, seed=seed),
+        ],
+    }
     if heldout_rows:
         run["heldout_accuracy"] = sft.task_accuracy(policy, tokenizer, heldout_rows)
     return run
@@ -449,13 +534,15 @@ def check_pair(row: dict[str, Any], path: Any = "<row>", line: int = 0) -> dict[
     for name, role in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant")):
         check_content(row.get(name), path, line, name, role)
     if row["chosen"].strip() == row["rejected"].strip():
-        raise DataFormatError(path, line, "rejected", "identical to 'chosen': nothing to prefer (DPO loss = log 2, "
-                                                      "zero gradient)")
+        raise DataFormatError(
+            path, line, "rejected", "identical to 'chosen': nothing to prefer (DPO loss = log 2, zero gradient)"
+        )
     return row
 
 
-def load_preference_rows(path: Any, on_error: str = "raise", limit: int | None = None
-                         ) -> tuple[list[dict[str, Any]], Any]:
+def load_preference_rows(
+    path: Any, on_error: str = "raise", limit: int | None = None
+) -> tuple[list[dict[str, Any]], Any]:
     """Read ``prompt/chosen/rejected`` JSONL with ``data.read_jsonl`` and :func:`check_pair` (strict or skip)."""
     from course_utils.data import read_jsonl
 

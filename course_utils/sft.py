@@ -40,8 +40,13 @@ SHAREGPT_TAGS: dict[str, str] = {
     "system_tag": "system",
 }
 #: LLaMA-Factory's default Alpaca columns (``dataset_info.json`` ``columns``).
-ALPACA_COLUMNS: dict[str, str] = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-                                  "history": "history"}
+ALPACA_COLUMNS: dict[str, str] = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "system": "system",
+    "history": "history",
+}
 #: The first steps of the committed SFT recipe, logged at every step (in ``DATA_DIR``; written by
 #: ``python scripts/bench_outcomes.py --dpo_steps 0 --sft_first_steps``): notebook 06's live re-run is checked against it.
 FIRST_STEPS_FILE = "sft_first_steps.json"
@@ -52,8 +57,9 @@ FIRST_STEPS_FILE = "sft_first_steps.json"
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def check_content(content: Any, path: str | Path, line: int, field_name: str, role: str,
-                  special_tokens: Iterable[str] = ()) -> str:
+def check_content(
+    content: Any, path: str | Path, line: int, field_name: str, role: str, special_tokens: Iterable[str] = ()
+) -> str:
     """One message's text: a string; not blank (except a system prompt); no literal control token such as
     ``<|im_end|>`` (it would become the real token and the model would learn to end a turn mid-reply); and not
     starting with a line break.
@@ -64,16 +70,26 @@ def check_content(content: Any, path: str | Path, line: int, field_name: str, ro
     content tokenised apart) would no longer start with the inference prompt. Strip the leading line break.
     """
     text = check_text(content, path, line, field_name, allow_empty=role == "system", special_tokens=special_tokens)
-    leading = text[:len(text) - len(text.lstrip())]
+    leading = text[: len(text) - len(text.lstrip())]
     if "\n" in leading or "\r" in leading:
-        raise DataFormatError(path, line, field_name,
-                              "starts with a line break: after the role header it merges with the header's newline "
-                              "into one token, so masks and prompts would disagree; strip it")
+        raise DataFormatError(
+            path,
+            line,
+            field_name,
+            "starts with a line break: after the role header it merges with the header's newline "
+            "into one token, so masks and prompts would disagree; strip it",
+        )
     return text
 
 
-def check_messages(messages: Any, path: str | Path = "<messages>", line: int = 0, field_name: str = "messages",
-                   require_assistant: bool = True, special_tokens: Iterable[str] = ()) -> list[dict[str, str]]:
+def check_messages(
+    messages: Any,
+    path: str | Path = "<messages>",
+    line: int = 0,
+    field_name: str = "messages",
+    require_assistant: bool = True,
+    special_tokens: Iterable[str] = (),
+) -> list[dict[str, str]]:
     """Validate a conversation and return it as a list of ``{"role", "content"}`` dicts.
 
     Rules: a non-empty list of objects with a ``role`` in :data:`ROLES` and a string ``content`` that passes
@@ -113,17 +129,23 @@ def check_messages(messages: Any, path: str | Path = "<messages>", line: int = 0
         expected = "user" if offset % 2 == 0 else "assistant"
         if message["role"] != expected:
             index = offset + (len(out) - len(turns))
-            raise DataFormatError(path, line, f"{field_name}[{index}].role",
-                                  f"expected {expected!r} (user and assistant alternate), got {message['role']!r}")
+            raise DataFormatError(
+                path,
+                line,
+                f"{field_name}[{index}].role",
+                f"expected {expected!r} (user and assistant alternate), got {message['role']!r}",
+            )
     if require_assistant:
         if turns[-1]["role"] != "assistant":
-            raise DataFormatError(path, line, f"{field_name}[{len(out) - 1}].role",
-                                  "the last turn must be the assistant's")
+            raise DataFormatError(
+                path, line, f"{field_name}[{len(out) - 1}].role", "the last turn must be the assistant's"
+            )
     return out
 
 
-def alpaca_to_messages(row: Mapping[str, Any], columns: Mapping[str, str] | None = None,
-                       path: str | Path = "<row>", line: int = 0) -> list[dict[str, str]]:
+def alpaca_to_messages(
+    row: Mapping[str, Any], columns: Mapping[str, str] | None = None, path: str | Path = "<row>", line: int = 0
+) -> list[dict[str, str]]:
     """Alpaca ``instruction/input/output`` (+ optional ``system``, ``history``) -> messages.
 
     As LLaMA-Factory does: the user turn is ``instruction + "\\n" + input`` (input omitted when empty), ``history``
@@ -159,9 +181,14 @@ def alpaca_to_messages(row: Mapping[str, Any], columns: Mapping[str, str] | None
     return messages
 
 
-def sharegpt_to_messages(row: Mapping[str, Any], column: str = "conversations", tags: Mapping[str, str] | None = None,
-                         system_column: str | None = "system", path: str | Path = "<row>",
-                         line: int = 0) -> list[dict[str, str]]:
+def sharegpt_to_messages(
+    row: Mapping[str, Any],
+    column: str = "conversations",
+    tags: Mapping[str, str] | None = None,
+    system_column: str | None = "system",
+    path: str | Path = "<row>",
+    line: int = 0,
+) -> list[dict[str, str]]:
     """ShareGPT ``conversations: [{"from": "human"|"gpt"|"system", "value": ...}]`` -> messages.
 
     ``tags`` follows ``dataset_info.json`` (``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``,
@@ -184,8 +211,9 @@ def sharegpt_to_messages(row: Mapping[str, Any], column: str = "conversations", 
             raise DataFormatError(path, line, where, f"expected an object, got {type(turn).__name__}")
         source = turn.get(t["role_tag"])
         if source not in role_of:
-            raise DataFormatError(path, line, f"{where}.{t['role_tag']}",
-                                  f"unknown role {source!r} (expected one of {sorted(role_of)})")
+            raise DataFormatError(
+                path, line, f"{where}.{t['role_tag']}", f"unknown role {source!r} (expected one of {sorted(role_of)})"
+            )
         content = check_content(turn.get(t["content_tag"]), path, line, f"{where}.{t['content_tag']}", role_of[source])
         messages.append({"role": role_of[source], "content": content})
     return messages
@@ -199,12 +227,14 @@ def detect_format(row: Mapping[str, Any], path: str | Path = "<row>", line: int 
         return "sharegpt"
     if "instruction" in row:
         return "alpaca"
-    raise DataFormatError(path, line, None, f"unknown format: no 'messages', 'conversations' or 'instruction' key "
-                                            f"(keys: {sorted(row)})")
+    raise DataFormatError(
+        path, line, None, f"unknown format: no 'messages', 'conversations' or 'instruction' key (keys: {sorted(row)})"
+    )
 
 
-def to_messages(row: Mapping[str, Any], spec: Mapping[str, Any] | str | None = None, path: str | Path = "<row>",
-                line: int = 0) -> list[dict[str, str]]:
+def to_messages(
+    row: Mapping[str, Any], spec: Mapping[str, Any] | str | None = None, path: str | Path = "<row>", line: int = 0
+) -> list[dict[str, str]]:
     """Convert one row in any supported format to validated messages.
 
     ``spec`` is a format name (``"alpaca"``, ``"sharegpt"``, ``"messages"``, ``None`` = detect) or a
@@ -217,9 +247,17 @@ def to_messages(row: Mapping[str, Any], spec: Mapping[str, Any] | str | None = N
         fmt = spec or detect_format(row, path, line)
         spec = {"formatting": "alpaca"} if fmt == "alpaca" else {"formatting": "sharegpt"}
         if fmt == "messages":
-            spec = {"formatting": "sharegpt", "columns": {"messages": "messages"},
-                    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                             "assistant_tag": "assistant", "system_tag": "system"}}
+            spec = {
+                "formatting": "sharegpt",
+                "columns": {"messages": "messages"},
+                "tags": {
+                    "role_tag": "role",
+                    "content_tag": "content",
+                    "user_tag": "user",
+                    "assistant_tag": "assistant",
+                    "system_tag": "system",
+                },
+            }
         elif fmt not in ("alpaca", "sharegpt"):
             raise ValueError(f"unknown format {fmt!r}")
     columns = dict(spec.get("columns") or {})
@@ -228,28 +266,40 @@ def to_messages(row: Mapping[str, Any], spec: Mapping[str, Any] | str | None = N
         field_name = "messages"
     else:
         column = columns.get("messages", "conversations")
-        messages = sharegpt_to_messages(row, column=column, tags=spec.get("tags"),
-                                        system_column=columns.get("system", "system"), path=path, line=line)
+        messages = sharegpt_to_messages(
+            row,
+            column=column,
+            tags=spec.get("tags"),
+            system_column=columns.get("system", "system"),
+            path=path,
+            line=line,
+        )
         field_name = column
     return check_messages(messages, path=path, line=line, field_name=field_name)
 
 
-def load_sft_rows(path: str | Path, spec: Mapping[str, Any] | str | None = None, on_error: str = "raise",
-                  limit: int | None = None) -> tuple[list[dict[str, Any]], DropReport]:
+def load_sft_rows(
+    path: str | Path, spec: Mapping[str, Any] | str | None = None, on_error: str = "raise", limit: int | None = None
+) -> tuple[list[dict[str, Any]], DropReport]:
     """Read a JSONL file of conversations in any supported format (with :func:`course_utils.data.read_jsonl`).
 
     Returns ``(rows, report)``: each row is the original object plus a validated ``"messages"`` list.
     ``on_error="raise"`` raises :class:`DataFormatError` (file, line, field) on the first bad row;
     ``on_error="skip"`` drops it and counts the reason and field in ``report``. A file with no usable row raises.
     """
+
     def convert(row: dict[str, Any], file: Path, number: int) -> dict[str, Any]:
         return {**row, "messages": to_messages(row, spec, path=file, line=number)}
 
     return read_jsonl(path, on_error=on_error, validate=convert, limit=limit)
 
 
-def convert_rows(rows: Iterable[Mapping[str, Any]], spec: Mapping[str, Any] | str | None = None,
-                 source: str = "rows", on_error: str = "skip") -> tuple[list[dict[str, Any]], DropReport]:
+def convert_rows(
+    rows: Iterable[Mapping[str, Any]],
+    spec: Mapping[str, Any] | str | None = None,
+    source: str = "rows",
+    on_error: str = "skip",
+) -> tuple[list[dict[str, Any]], DropReport]:
     """:func:`to_messages` on in-memory rows (e.g. a ``datasets.Dataset`` after cleaning): the same checks as
     :func:`load_sft_rows`; bad rows are dropped and counted (``line`` = 1-based row number) or raised."""
     if on_error not in ("raise", "skip"):
@@ -282,9 +332,13 @@ def load_dataset_info(path: str | Path) -> dict[str, dict[str, Any]]:
     return info
 
 
-def load_named_datasets(names: str | Sequence[str], dataset_info: str | Path, dataset_dir: str | Path,
-                        on_error: str = "skip", limit: int | None = None
-                        ) -> tuple[list[dict[str, Any]], list[DropReport]]:
+def load_named_datasets(
+    names: str | Sequence[str],
+    dataset_info: str | Path,
+    dataset_dir: str | Path,
+    on_error: str = "skip",
+    limit: int | None = None,
+) -> tuple[list[dict[str, Any]], list[DropReport]]:
     """Load and concatenate datasets by name (comma-separated, as in LLaMA-Factory's ``dataset:``)."""
     info = load_dataset_info(dataset_info)
     if isinstance(names, str):
@@ -311,8 +365,9 @@ def render_chatml(messages: Sequence[Mapping[str, str]], add_generation_prompt: 
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-def encode_chat(messages: Sequence[Mapping[str, str]], tokenizer: Any, max_length: int | None = None,
-                train_on: str = "assistant") -> dict[str, list[int]]:
+def encode_chat(
+    messages: Sequence[Mapping[str, str]], tokenizer: Any, max_length: int | None = None, train_on: str = "assistant"
+) -> dict[str, list[int]]:
     """Tokenise a conversation in ChatML, from scratch, with labels for SFT.
 
     Each turn is ``<|im_start|>{role}\\n`` (header) + ``{content}<|im_end|>`` (body) + ``\\n``. With
@@ -346,8 +401,9 @@ def encode_chat(messages: Sequence[Mapping[str, str]], tokenizer: Any, max_lengt
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
-def encode_chat_with_template(messages: Sequence[Mapping[str, str]], tokenizer: Any,
-                              max_length: int | None = None) -> dict[str, list[int]]:
+def encode_chat_with_template(
+    messages: Sequence[Mapping[str, str]], tokenizer: Any, max_length: int | None = None
+) -> dict[str, list[int]]:
     """The library way: ``apply_chat_template(..., return_assistant_tokens_mask=True)``.
 
     Needs a chat template with ``{% generation %}`` markers (``tokenizer.CHAT_TEMPLATE``, or the model's own when it
@@ -359,8 +415,9 @@ def encode_chat_with_template(messages: Sequence[Mapping[str, str]], tokenizer: 
 
     require_generation_markers(tokenizer, "encode_chat_with_template (an assistant-only mask)")
     messages = check_messages(list(messages), special_tokens=getattr(tokenizer, "all_special_tokens", ()))
-    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(
+        list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     ids = list(out["input_ids"])
     mask = list(out["assistant_masks"])
     if max_length is not None:
@@ -369,9 +426,14 @@ def encode_chat_with_template(messages: Sequence[Mapping[str, str]], tokenizer: 
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "assistant_masks": mask}
 
 
-def encode_rows(rows: Iterable[Mapping[str, Any] | Sequence[Mapping[str, str]]], tokenizer: Any,
-                max_length: int | None = None, train_on: str = "assistant", source: str = "sft rows",
-                method: str = "scratch") -> tuple[list[dict[str, list[int]]], DropReport]:
+def encode_rows(
+    rows: Iterable[Mapping[str, Any] | Sequence[Mapping[str, str]]],
+    tokenizer: Any,
+    max_length: int | None = None,
+    train_on: str = "assistant",
+    source: str = "sft rows",
+    method: str = "scratch",
+) -> tuple[list[dict[str, list[int]]], DropReport]:
     """Encode many conversations (rows with ``messages``, or message lists); drop and count the unusable ones.
 
     ``method="scratch"`` uses :func:`encode_chat` (ChatML); ``"template"`` uses the tokenizer's own chat template
@@ -394,8 +456,11 @@ def encode_rows(rows: Iterable[Mapping[str, Any] | Sequence[Mapping[str, str]]],
             item = encode_chat_with_template(check_messages(list(messages)), tokenizer, max_length=max_length)
             item.pop("assistant_masks")
         if all(label == IGNORE_INDEX for label in item["labels"]):
-            full = len(encode_chat_with_template(messages, tokenizer)["input_ids"]) if method == "template" else \
-                len(encode_chat(messages, tokenizer)["input_ids"])
+            full = (
+                len(encode_chat_with_template(messages, tokenizer)["input_ids"])
+                if method == "template"
+                else len(encode_chat(messages, tokenizer)["input_ids"])
+            )
             report.drop("no trained token after truncation", f"{full} tokens > max_length={max_length}")
             continue
         encoded.append(item)
@@ -409,13 +474,17 @@ def mask_html(input_ids: Sequence[int], labels: Sequence[int], tokenizer: Any, t
     for token, label in zip(input_ids, labels):
         text = tokenizer.decode([token])
         shown = html.escape(text).replace("\n", "\\n")
-        style = ("background:#b7e4c7;color:#000" if label != IGNORE_INDEX else "background:#e9ecef;color:#6c757d")
-        spans.append(f'<span style="{style};border:1px solid #fff;padding:1px 2px;font-family:monospace;'
-                     f'white-space:pre">{shown}</span>')
+        style = "background:#b7e4c7;color:#000" if label != IGNORE_INDEX else "background:#e9ecef;color:#6c757d"
+        spans.append(
+            f'<span style="{style};border:1px solid #fff;padding:1px 2px;font-family:monospace;'
+            f'white-space:pre">{shown}</span>'
+        )
     head = f"<div><b>{html.escape(title)}</b></div>" if title else ""
-    legend = ('<div style="font-size:85%">'
-              '<span style="background:#b7e4c7;padding:1px 4px">trained</span> '
-              '<span style="background:#e9ecef;padding:1px 4px;color:#6c757d">ignored (-100)</span></div>')
+    legend = (
+        '<div style="font-size:85%">'
+        '<span style="background:#b7e4c7;padding:1px 4px">trained</span> '
+        '<span style="background:#e9ecef;padding:1px 4px;color:#6c757d">ignored (-100)</span></div>'
+    )
     return f"<div>{head}<div style='line-height:1.9'>{''.join(spans)}</div>{legend}</div>"
 
 
@@ -456,17 +525,35 @@ def add_lora(model: Any, tokenizer: Any, finetuning: Mapping[str, Any], seed: in
     target = finetuning.get("lora_target", "all")
     target = "all-linear" if target == "all" else [name.strip() for name in target.split(",") if name.strip()]
     env.seed_everything(seed)
-    return get_peft_model(model, LoraConfig(
-        r=finetuning["lora_rank"], lora_alpha=finetuning["lora_alpha"], lora_dropout=finetuning.get("lora_dropout", 0.0),
-        target_modules=target, task_type="CAUSAL_LM",
-        trainable_token_indices=chat_token_ids(tokenizer) if finetuning.get("lora_chat_tokens") else None))
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=finetuning["lora_rank"],
+            lora_alpha=finetuning["lora_alpha"],
+            lora_dropout=finetuning.get("lora_dropout", 0.0),
+            target_modules=target,
+            task_type="CAUSAL_LM",
+            trainable_token_indices=chat_token_ids(tokenizer) if finetuning.get("lora_chat_tokens") else None,
+        ),
+    )
 
 
-def training_arguments(*, max_steps: int = 200, num_train_epochs: float = 1.0, learning_rate: float = 1e-3,
-                       batch_size: int = 32, gradient_accumulation_steps: int = 1, warmup_steps: float = 10,
-                       lr_scheduler_type: str = "cosine", weight_decay: float = 0.0, logging_steps: int = 20,
-                       seed: int = 0, output_dir: str | Path | None = None, device: str = "auto",
-                       **training_kwargs: Any) -> Any:
+def training_arguments(
+    *,
+    max_steps: int = 200,
+    num_train_epochs: float = 1.0,
+    learning_rate: float = 1e-3,
+    batch_size: int = 32,
+    gradient_accumulation_steps: int = 1,
+    warmup_steps: float = 10,
+    lr_scheduler_type: str = "cosine",
+    weight_decay: float = 0.0,
+    logging_steps: int = 20,
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+    device: str = "auto",
+    **training_kwargs: Any,
+) -> Any:
     """The notebooks' ``TrainingArguments`` for :func:`train_sft`: these keywords over ``env.trainer_defaults``
     (``max_steps > 0`` overrides ``num_train_epochs``); any other ``TrainingArguments`` field in ``training_kwargs``."""
     from transformers import TrainingArguments
@@ -490,9 +577,18 @@ def training_arguments(*, max_steps: int = 200, num_train_epochs: float = 1.0, l
     )
 
 
-def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Sequence[Mapping[str, str]]],
-              args: Any = None, *, train_on: str = "assistant", max_length: int = 256, method: str = "scratch",
-              stop_after_steps: int | None = None, **training: Any) -> SFTResult:
+def train_sft(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any] | Sequence[Mapping[str, str]]],
+    args: Any = None,
+    *,
+    train_on: str = "assistant",
+    max_length: int = 256,
+    method: str = "scratch",
+    stop_after_steps: int | None = None,
+    **training: Any,
+) -> SFTResult:
     """Fine-tune ``model`` in place on conversations with ``transformers.Trainer``.
 
     ``args``: a ``TrainingArguments``, passed to ``Trainer`` unchanged (``scripts/sft.py`` parses it with
@@ -509,7 +605,9 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
     from course_utils import env, train
 
     if args is not None and training:
-        raise TypeError(f"train_sft: pass either a TrainingArguments (args) or its keywords, not both: {sorted(training)}")
+        raise TypeError(
+            f"train_sft: pass either a TrainingArguments (args) or its keywords, not both: {sorted(training)}"
+        )
     args = args if args is not None else training_arguments(**training)
     started = time.time()
     encoded, report = encode_rows(rows, tokenizer, max_length=max_length, train_on=train_on, method=method)
@@ -519,6 +617,7 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=sft_collator(tokenizer))
     env.quiet_trainer(trainer)
     if stop_after_steps is not None:
+
         class _StopAfter(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
                 if state.global_step >= stop_after_steps:
@@ -531,9 +630,15 @@ def train_sft(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any] | Seq
     model.eval()
     if not math.isfinite(result.training_loss):
         raise FloatingPointError(f"SFT loss is not finite: {result.training_loss}")
-    return SFTResult(model=model, losses=losses, train_loss=float(result.training_loss),
-                     seconds=time.time() - started, report=report, num_examples=len(encoded),
-                     metrics=dict(result.metrics))
+    return SFTResult(
+        model=model,
+        losses=losses,
+        train_loss=float(result.training_loss),
+        seconds=time.time() - started,
+        report=report,
+        num_examples=len(encoded),
+        metrics=dict(result.metrics),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -547,9 +652,16 @@ def prompt_ids(messages: Sequence[Mapping[str, str]], tokenizer: Any) -> list[in
     return list(out["input_ids"])
 
 
-def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapping[str, str]]],
-                     max_new_tokens: int = 16, batch_size: int = 64, num_samples: int = 0,
-                     temperature: float = 1.0, seed: int = 0) -> list[str]:
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[Mapping[str, str]]],
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+    num_samples: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> list[str]:
     """Greedy replies to conversations (each a message list ending with a user turn), rendered with the chat
     template, left-padded in batches, stopping at ``<|im_end|>``. Returns the decoded replies (special tokens
     removed, stripped).
@@ -577,13 +689,19 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapp
     own_config = model.generation_config
     model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad_id)
     for start in range(0, len(prompts), batch_size):
-        chunk = [prompt_ids(messages, tokenizer) for messages in prompts[start:start + batch_size]]
+        chunk = [prompt_ids(messages, tokenizer) for messages in prompts[start : start + batch_size]]
         width = max(len(ids) for ids in chunk)
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk], device=device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
         with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                 eos_token_id=eos_ids, pad_token_id=pad_id, **decoding)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos_ids,
+                pad_token_id=pad_id,
+                **decoding,
+            )
         for row in out[:, width:].tolist():
             if im_end in row:
                 row = row[: row.index(im_end)]
@@ -614,8 +732,14 @@ class TaskScores:
         return {"all": self.accuracy, **{task: sum(v) / len(v) for task, v in sorted(per.items())}}
 
 
-def score_tasks(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_new_tokens: int = 16,
-                batch_size: int = 64, system: str | None = None) -> TaskScores:
+def score_tasks(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+    system: str | None = None,
+) -> TaskScores:
     """Answer each checkable-task row greedily with the chat template and score it (``tasks.score_answer``)."""
     if not rows:
         raise ValueError("score_tasks: no rows")
@@ -625,8 +749,14 @@ def score_tasks(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], m
     return TaskScores([row["task"] for row in rows], predictions, correct)
 
 
-def task_accuracy(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_new_tokens: int = 16,
-                  batch_size: int = 64, system: str | None = None) -> float:
+def task_accuracy(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+    system: str | None = None,
+) -> float:
     """Share of checkable-task rows answered correctly; :func:`score_tasks` keeps the answers and the per-task
     accuracies (``score_tasks(...).by_task()``)."""
     return score_tasks(model, tokenizer, rows, max_new_tokens, batch_size, system).accuracy

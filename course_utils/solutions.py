@@ -28,8 +28,10 @@ def my_collate(batch: list[dict[str, list[int]]], pad_id: int, multiple: int) ->
     longest = max(len(item["input_ids"]) for item in batch)
     width = -(-longest // multiple) * multiple
     fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
-    return {key: torch.tensor([item[key] + [value] * (width - len(item[key])) for item in batch])
-            for key, value in fill.items()}
+    return {
+        key: torch.tensor([item[key] + [value] * (width - len(item[key])) for item in batch])
+        for key, value in fill.items()
+    }
 
 
 def my_causal_lm_loss(logits: Any, labels: Any) -> Any:

@@ -33,8 +33,7 @@ __all__ = [
 #: The checkable task types (small, closed answer spaces).
 TASK_TYPES: tuple[str, ...] = ("add", "sub", "first_letter", "capital", "currency")
 #: ``data.read_jsonl`` schema of ``tasks_{train,test}.jsonl`` (``input`` may be empty).
-TASK_SCHEMA: dict[str, type] = {"id": str, "task": str, "instruction": str, "input": str, "output": str,
-                                "answer": str}
+TASK_SCHEMA: dict[str, type] = {"id": str, "task": str, "instruction": str, "input": str, "output": str, "answer": str}
 
 
 # ----------------------------------------------------------------------------------------------- the prompt
@@ -43,8 +42,9 @@ def task_prompt(row: Mapping[str, Any]) -> str:
     return row["instruction"] + ("\n" + row["input"] if row.get("input") else "")
 
 
-def task_to_messages(row: Mapping[str, Any], system: str | None = None,
-                     with_answer: bool = True) -> list[dict[str, str]]:
+def task_to_messages(
+    row: Mapping[str, Any], system: str | None = None, with_answer: bool = True
+) -> list[dict[str, str]]:
     """A checkable-task row (``instruction``, ``input``, ``output``) as a chat; without the answer for generation."""
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": task_prompt(row)})
@@ -53,8 +53,9 @@ def task_to_messages(row: Mapping[str, Any], system: str | None = None,
     return messages
 
 
-def load_task_rows(path: str | Path | None = None, limit: int | None = None, on_error: str = "raise"
-                   ) -> list[dict[str, Any]]:
+def load_task_rows(
+    path: str | Path | None = None, limit: int | None = None, on_error: str = "raise"
+) -> list[dict[str, Any]]:
     """Checkable-task rows (:data:`TASK_SCHEMA`; ``data_samples/tasks_test.jsonl`` by default: tasks never seen
     in training), optionally the first ``limit``, read with :func:`course_utils.data.read_jsonl`."""
     path = Path(path) if path is not None else DATA_DIR / "tasks_test.jsonl"
@@ -113,7 +114,6 @@ def score_answer(task: str, prediction: str, answer: str) -> bool:
     got_cf = got.casefold()
     first = got_cf.split()[0].strip(_PUNCT) if got_cf.split() else ""
     return bool(got_cf) and (got_cf == ans or first == ans)
-
 
 
 # ------------------------------------------------------------------------------------------------- the reward

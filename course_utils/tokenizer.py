@@ -51,9 +51,7 @@ CHAT_TEMPLATE = (
 
 
 #: Qwen2's pre-tokenization regex (digits split one by one, letters grouped, CJK runs kept together).
-PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 
 def iter_corpus_texts(path: Path | None = None, field: str = "text") -> Iterator[str]:
@@ -283,8 +281,9 @@ def load_qwen2_tokenizer(model_max_length: int = 32768, use_cache: bool = True) 
     return fast
 
 
-def render_with_template(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]],
-                         add_generation_prompt: bool = False) -> list[int]:
+def render_with_template(
+    tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]], add_generation_prompt: bool = False
+) -> list[int]:
     """Token ids of ``messages`` rendered with the tokenizer's chat template (a plain list, not a BatchEncoding)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     return tokenizer(text, add_special_tokens=False)["input_ids"]

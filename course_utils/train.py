@@ -31,7 +31,15 @@ if TYPE_CHECKING:  # names used only in annotations; the functions import them w
 
 #: Libraries whose versions go into metadata files.
 VERSIONED_PACKAGES: tuple[str, ...] = (
-    "torch", "transformers", "tokenizers", "datasets", "accelerate", "deepspeed", "peft", "trl", "safetensors",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "accelerate",
+    "deepspeed",
+    "peft",
+    "trl",
+    "safetensors",
 )
 
 
@@ -107,9 +115,7 @@ def iter_batches(
         order = train_order(len(dataset), seed, epoch) if shuffle else list(range(len(dataset)))
         for start in range(0, len(order), batch_size):
             rows = [dataset[i] for i in order[start : start + batch_size]]
-            yield {
-                key: torch.tensor([row[key] for row in rows], dtype=torch.long) for key in columns if key in rows[0]
-            }
+            yield {key: torch.tensor([row[key] for row in rows], dtype=torch.long) for key in columns if key in rows[0]}
         epoch += 1
 
 
@@ -196,8 +202,10 @@ def train_loop(
     if autocast_dtype is not None:
         low = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
         if low:
-            raise ValueError(f"mixed precision keeps fp32 master weights, but trainable weights are {low}: load the "
-                             "model in fp32 (models.load_model_and_tokenizer does) and let autocast cast the matmuls")
+            raise ValueError(
+                f"mixed precision keeps fp32 master weights, but trainable weights are {low}: load the "
+                "model in fp32 (models.load_model_and_tokenizer does) and let autocast cast the matmuls"
+            )
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     optimizer = build_optimizer(model, learning_rate, weight_decay, fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -239,7 +247,10 @@ def log_history(trainer: Any, key: str = "loss") -> list[tuple[int, float]]:
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------
 def dataset_perplexity(
-    model: "torch.nn.Module", dataset: "datasets.Dataset", batch_size: int = 16, device: "torch.device | str | None" = None
+    model: "torch.nn.Module",
+    dataset: "datasets.Dataset",
+    batch_size: int = 16,
+    device: "torch.device | str | None" = None,
 ) -> tuple[float, float]:
     """Token-weighted mean cross-entropy (nats) of ``model`` on packed ``dataset``, and its perplexity.
 
@@ -324,8 +335,12 @@ def git_commit(repo: str | Path = PROJECT_ROOT) -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True,
-            check=True, timeout=10,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

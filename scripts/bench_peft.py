@@ -40,9 +40,13 @@ env.setup_offline()
 @dataclass
 class BenchArguments:
     model: str = field(default="tiny-base", metadata={"help": "tiny-base, tiny, or a hub name / local folder"})
-    methods: str = field(default=",".join(("full", "lora", "lora-all", "adapter", "prefix", "prompt", "ia3")),
-                         metadata={"help": "comma-separated name[/rN][+tokens] (course_utils.peft_methods.METHODS; "
-                                                   "--fit_lr without --methods: every FIT_GRID method)"})
+    methods: str = field(
+        default=",".join(("full", "lora", "lora-all", "adapter", "prefix", "prompt", "ia3")),
+        metadata={
+            "help": "comma-separated name[/rN][+tokens] (course_utils.peft_methods.METHODS; "
+            "--fit_lr without --methods: every FIT_GRID method)"
+        },
+    )
     max_steps: int = field(default=10, metadata={"help": "training steps per method (notebook 07: 10)"})
     batch_size: int = field(default=16)
     max_length: int = field(default=64)
@@ -119,28 +123,49 @@ def main() -> int:
     validation_rows: list = []
     if args.fit_lr:
         if not 0 < args.validation_rows < len(train_rows):
-            raise SystemExit(f"--validation_rows must be between 1 and {len(train_rows) - 1}, got {args.validation_rows}")
+            raise SystemExit(
+                f"--validation_rows must be between 1 and {len(train_rows) - 1}, got {args.validation_rows}"
+            )
         order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
         validation_rows = [train_rows[i] for i in order[: args.validation_rows]]
-        train_rows = [train_rows[i] for i in sorted(order[args.validation_rows:])]
+        train_rows = [train_rows[i] for i in sorted(order[args.validation_rows :])]
 
     def encode(rows: list) -> list:
         return sft.encode_rows([tasks.task_to_messages(r) for r in rows], tokenizer, args.max_length)[0]
 
     train_encoded, test_encoded = encode(train_rows), encode(test_rows)
     order = torch.randperm(len(train_encoded), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    train_batches = peft_methods.make_batches([train_encoded[i] for i in order], args.batch_size, tokenizer.pad_token_id)
+    train_batches = peft_methods.make_batches(
+        [train_encoded[i] for i in order], args.batch_size, tokenizer.pad_token_id
+    )
     eval_batches = peft_methods.make_batches(test_encoded, 50, tokenizer.pad_token_id)
-    validation_batches = peft_methods.make_batches(encode(validation_rows), 50, tokenizer.pad_token_id) if args.fit_lr else []
+    validation_batches = (
+        peft_methods.make_batches(encode(validation_rows), 50, tokenizer.pad_token_id) if args.fit_lr else []
+    )
 
     def run(method: str, lr: float | None) -> tuple:
         env.seed_everything(args.seed)
         name, r, alpha, tokens = parse_method(method, args)
-        model = peft_methods.prepare_method(name, copy.deepcopy(base), r=r, alpha=alpha, dropout=args.lora_dropout,
-                                    trainable_tokens=chat_token_ids(tokenizer) if tokens else ())
+        model = peft_methods.prepare_method(
+            name,
+            copy.deepcopy(base),
+            r=r,
+            alpha=alpha,
+            dropout=args.lora_dropout,
+            trainable_tokens=chat_token_ids(tokenizer) if tokens else (),
+        )
         lr = lr if lr is not None else peft_methods.DEFAULT_LR[name]
-        model, res = peft_methods.train_and_measure(method, model, train_batches, eval_batches, args.max_steps, lr=lr,
-                                            seed=args.seed, schedule=args.schedule, warmup_steps=args.warmup_steps)
+        model, res = peft_methods.train_and_measure(
+            method,
+            model,
+            train_batches,
+            eval_batches,
+            args.max_steps,
+            lr=lr,
+            seed=args.seed,
+            schedule=args.schedule,
+            warmup_steps=args.warmup_steps,
+        )
         return model, res
 
     base_accuracy = sft.score_tasks(base, tokenizer, test_rows).by_task()
@@ -149,53 +174,78 @@ def main() -> int:
         if not args.fit_lr:
             model, res = run(method, None)
             res.accuracy = sft.task_accuracy(model, tokenizer, test_rows)
-            print(f"{method}: loss {res.eval_loss_before:.3f} -> {res.eval_loss_after:.3f}, "
-                  f"accuracy {res.accuracy:.3f}, {res.seconds_per_step:.3f} s/step", flush=True)
+            print(
+                f"{method}: loss {res.eval_loss_before:.3f} -> {res.eval_loss_after:.3f}, "
+                f"accuracy {res.accuracy:.3f}, {res.seconds_per_step:.3f} s/step",
+                flush=True,
+            )
             results.append(res)
             continue
         grid = []
         for lr in FIT_GRID[method]:
             model, res = run(method, lr)
             test = sft.score_tasks(model, tokenizer, test_rows).by_task()
-            point = {"lr": lr,
-                     "validation_accuracy": round(sft.task_accuracy(model, tokenizer, validation_rows), 4),
-                     "validation_loss": round(peft_methods.eval_loss(model, validation_batches), 4),
-                     "test_loss": round(res.eval_loss_after, 4),
-                     "test_accuracy": {k: round(v, 4) for k, v in test.items()},
-                     "seconds_per_step": round(res.seconds_per_step, 3)}
-            print(f"{method} lr {lr:g}: validation {point['validation_accuracy']:.3f} "
-                  f"(loss {point['validation_loss']:.3f}), test {test['all']:.3f}", flush=True)
+            point = {
+                "lr": lr,
+                "validation_accuracy": round(sft.task_accuracy(model, tokenizer, validation_rows), 4),
+                "validation_loss": round(peft_methods.eval_loss(model, validation_batches), 4),
+                "test_loss": round(res.eval_loss_after, 4),
+                "test_accuracy": {k: round(v, 4) for k, v in test.items()},
+                "seconds_per_step": round(res.seconds_per_step, 3),
+            }
+            print(
+                f"{method} lr {lr:g}: validation {point['validation_accuracy']:.3f} "
+                f"(loss {point['validation_loss']:.3f}), test {test['all']:.3f}",
+                flush=True,
+            )
             grid.append((point, res))
         point, res = max(grid, key=lambda g: (g[0]["validation_accuracy"], -g[0]["validation_loss"]))
         res.accuracy = point["test_accuracy"]["all"]
         results.append(res)
-        fitted[method] = {"lr": point["lr"], "trainable_params": res.trainable_params,
-                          "total_params": res.total_params,
-                          "trainable_pct": round(100 * res.trainable_params / res.total_params, 3),
-                          "test_accuracy": point["test_accuracy"], "test_loss": point["test_loss"],
-                          "grid": [g[0] for g in grid]}
+        fitted[method] = {
+            "lr": point["lr"],
+            "trainable_params": res.trainable_params,
+            "total_params": res.total_params,
+            "trainable_pct": round(100 * res.trainable_params / res.total_params, 3),
+            "test_accuracy": point["test_accuracy"],
+            "test_loss": point["test_loss"],
+            "grid": [g[0] for g in grid],
+        }
 
     table = peft_methods.format_table(results, rounded=False)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rates = (" (each method's fitted learning rate: " + ", ".join(f"{m} {f['lr']:g}" for m, f in fitted.items())
-             + ")") if fitted else ""
-    header = (f"model {args.model}, {args.max_steps} steps x batch {args.batch_size}, {args.schedule} schedule, "
-              f"device {device}, base accuracy {base_accuracy['all']:.3f}{rates}\n\n")
+    rates = (
+        (" (each method's fitted learning rate: " + ", ".join(f"{m} {f['lr']:g}" for m, f in fitted.items()) + ")")
+        if fitted
+        else ""
+    )
+    header = (
+        f"model {args.model}, {args.max_steps} steps x batch {args.batch_size}, {args.schedule} schedule, "
+        f"device {device}, base accuracy {base_accuracy['all']:.3f}{rates}\n\n"
+    )
     (out / "bench_peft.md").write_text(header + table + "\n", encoding="utf-8")
-    payload = {"args": vars(args), "device": str(device), "base_accuracy": base_accuracy["all"],
-               "results": [res.as_row() | {"losses": res.losses} for res in results]}
+    payload = {
+        "args": vars(args),
+        "device": str(device),
+        "base_accuracy": base_accuracy["all"],
+        "results": [res.as_row() | {"losses": res.losses} for res in results],
+    }
     (out / "bench_peft.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     if args.record:
         from course_utils.train import file_sha256
 
-        record = {"command": "python scripts/bench_peft.py " + shlex.join(sys.argv[1:]),
-                  "args": vars(args), "fit_grid": {m: list(FIT_GRID[m]) for m in methods},
-                  "data_sha256": {name: file_sha256(DATA_DIR / name)
-                                  for name in ("tasks_train.jsonl", "tasks_test.jsonl")},
-                  "num_train_rows": len(train_rows), "num_validation_rows": len(validation_rows),
-                  "num_test_rows": len(test_rows),
-                  "base_accuracy": {k: round(v, 4) for k, v in base_accuracy.items()}, "methods": fitted}
+        record = {
+            "command": "python scripts/bench_peft.py " + shlex.join(sys.argv[1:]),
+            "args": vars(args),
+            "fit_grid": {m: list(FIT_GRID[m]) for m in methods},
+            "data_sha256": {name: file_sha256(DATA_DIR / name) for name in ("tasks_train.jsonl", "tasks_test.jsonl")},
+            "num_train_rows": len(train_rows),
+            "num_validation_rows": len(validation_rows),
+            "num_test_rows": len(test_rows),
+            "base_accuracy": {k: round(v, 4) for k, v in base_accuracy.items()},
+            "methods": fitted,
+        }
         Path(args.record).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {args.record}")
     print()

@@ -42,9 +42,16 @@ def make_model(preset: str, tokenizer, device, dtype):
     if preset == "tiny":
         config = models.tiny_config(tokenizer)
     else:  # ~100M parameters without counting a 32k embedding twice (tied)
-        config = models.tiny_config(tokenizer, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                                    num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=4096,
-                                    vocab_size=max(len(tokenizer), 32000))
+        config = models.tiny_config(
+            tokenizer,
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            max_position_embeddings=4096,
+            vocab_size=max(len(tokenizer), 32000),
+        )
     config._attn_implementation = "sdpa"
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device)
 
@@ -108,8 +115,16 @@ def main() -> None:
                 sync()
                 marks["start"] = time.perf_counter()
 
-        train.train_loop(model, packed, max_steps=args.steps + args.warmup, batch_size=args.batch_size,
-                         learning_rate=1e-3, device=device, autocast_dtype=autocast, callback=mark)
+        train.train_loop(
+            model,
+            packed,
+            max_steps=args.steps + args.warmup,
+            batch_size=args.batch_size,
+            learning_rate=1e-3,
+            device=device,
+            autocast_dtype=autocast,
+            callback=mark,
+        )
         sync()
         results["loop"] = tokens_timed / (time.perf_counter() - marks["start"])
         del model
@@ -126,21 +141,35 @@ def main() -> None:
         clock = Clock()
         model = make_model(args.preset, tokenizer, device, None)
         targs = TrainingArguments(
-            output_dir=str(env.cache_dir() / "bench_pretrain"), per_device_train_batch_size=args.batch_size,
-            max_steps=args.steps + args.warmup, learning_rate=1e-3, logging_steps=10_000, save_strategy="no",
-            report_to="none", disable_tqdm=True, use_cpu=device.type == "cpu", dataloader_drop_last=True,
+            output_dir=str(env.cache_dir() / "bench_pretrain"),
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps + args.warmup,
+            learning_rate=1e-3,
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=device.type == "cpu",
+            dataloader_drop_last=True,
             **env.trainer_precision_kwargs(device),
         )
-        trainer = Trainer(model=model, args=targs, train_dataset=packed, data_collator=default_data_collator,
-                          callbacks=[clock])
+        trainer = Trainer(
+            model=model, args=targs, train_dataset=packed, data_collator=default_data_collator, callbacks=[clock]
+        )
         env.quiet_trainer(trainer)
         trainer.train()
         sync()
         results["trainer"] = tokens_timed / (time.perf_counter() - clock.start)
         del model, trainer
 
-    report = {"preset": args.preset, "device": str(device), "precision": precision.reason,
-              "batch": args.batch_size, "block": args.block_size, "steps_timed": args.steps}
+    report = {
+        "preset": args.preset,
+        "device": str(device),
+        "precision": precision.reason,
+        "batch": args.batch_size,
+        "block": args.block_size,
+        "steps_timed": args.steps,
+    }
     report.update({f"{name}_tokens_per_s": round(value) for name, value in results.items()})
     if "bare" in results:
         for name in ("loop", "trainer"):

@@ -47,7 +47,11 @@ def source_of(path: str, what: str) -> str:
         if not what.startswith("tag="):
             raise ValueError(f"{path}: notebook includes need ::tag=<cell tag>")
         tag = what[4:]
-        cells = [c for c in json.loads(file.read_text(encoding="utf-8"))["cells"] if tag in c.get("metadata", {}).get("tags", [])]
+        cells = [
+            c
+            for c in json.loads(file.read_text(encoding="utf-8"))["cells"]
+            if tag in c.get("metadata", {}).get("tags", [])
+        ]
         if len(cells) != 1:
             raise ValueError(f"{path}: {len(cells)} cells tagged {tag!r}, expected 1")
         lines = "".join(cells[0]["source"]).splitlines()
@@ -128,8 +132,12 @@ def build(pdf: bool) -> int:
             print(result.stderr, file=sys.stderr)
             status = 1
         if pdf and chromium:
-            result = subprocess.run([*base, "--pdf", str(deck), "-o", str(OUT / f"{deck.stem}.pdf")], env=environ,
-                                    capture_output=True, text=True)
+            result = subprocess.run(
+                [*base, "--pdf", str(deck), "-o", str(OUT / f"{deck.stem}.pdf")],
+                env=environ,
+                capture_output=True,
+                text=True,
+            )
             print(f"{deck.name} -> PDF: {'ok' if result.returncode == 0 else 'FAILED'}")
     if pdf and not chromium:
         print("no local Chromium: PDF skipped (HTML built)")

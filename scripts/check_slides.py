@@ -31,10 +31,20 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / "build" / "slides"
 SHOTS = BUILT / "screenshots"
 WIDTH, HEIGHT = 1280, 720
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", "--allow-file-access-from-files", "--remote-debugging-port=0",
-         f"--window-size={WIDTH},{HEIGHT}"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--allow-file-access-from-files",
+    "--remote-debugging-port=0",
+    f"--window-size={WIDTH},{HEIGHT}",
+]
 
 MIN_CODE_SCALE = 0.8  # Marp shrinks a code block that does not fit; below this it is too small to read
 FOOTER_BAND = 36  # px at the bottom of a slide kept for the footer and the page number
@@ -42,7 +52,8 @@ FOOTER_BAND = 36  # px at the bottom of a slide kept for the footer and the page
 # Runs in the page with the current slide shown. Marp centres a slide's content vertically, so content that is
 # too tall sticks out at the top AND the bottom: compare every element's box with the section's box instead of
 # relying on scrollHeight (which misses the top). Coordinates are scaled back to slide pixels (1280x720).
-MEASURE = """(() => {
+MEASURE = (
+    """(() => {
   const svgs = [...document.querySelectorAll('svg[data-marpit-svg]')];
   const out = [];
   svgs.forEach((svg, i) => {
@@ -69,9 +80,13 @@ MEASURE = """(() => {
               title: (s.querySelector('h1, h2') || {}).textContent || ''});
   });
   return JSON.stringify({count: svgs.length, visible: out});
-})()""" % FOOTER_BAND
-HIDE_CONTROLS = ("document.head.insertAdjacentHTML('beforeend', "
-                 "'<style>.bespoke-marp-osc, .bespoke-progress-parent {display: none !important}</style>')")
+})()"""
+    % FOOTER_BAND
+)
+HIDE_CONTROLS = (
+    "document.head.insertAdjacentHTML('beforeend', "
+    "'<style>.bespoke-marp-osc, .bespoke-progress-parent {display: none !important}</style>')"
+)
 
 
 class Page:
@@ -100,8 +115,11 @@ class Page:
 
 def start_browser(chromium: str, profile: str) -> tuple[subprocess.Popen, str]:
     """Start headless Chromium; return the process and the websocket URL of its first page."""
-    process = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     port_file = Path(profile) / "DevToolsActivePort"
     for _ in range(300):
         if port_file.exists() and port_file.read_text().strip():
@@ -143,12 +161,16 @@ def check_deck(page: Page, html: Path, shots: Path) -> list[str]:
             if slide["index"] != number:
                 continue
             if slide["scale"] < MIN_CODE_SCALE:
-                problems.append(f"{html.name} slide {number} ({slide['title'].strip()[:40]}): code shrunk to "
-                                f"{slide['scale']:.0%} by Marp's auto-scaling (too small to read)")
+                problems.append(
+                    f"{html.name} slide {number} ({slide['title'].strip()[:40]}): code shrunk to "
+                    f"{slide['scale']:.0%} by Marp's auto-scaling (too small to read)"
+                )
             if max(slide["top"], slide["bottom"], slide["right"], slide["pre"]) > 1:
-                problems.append(f"{html.name} slide {number} ({slide['title'].strip()[:40]}): "
-                                f"{slide['top']}px above, {slide['bottom']}px into the footer band or below, "
-                                f"{slide['right']}px right, code {slide['pre']}px too wide")
+                problems.append(
+                    f"{html.name} slide {number} ({slide['title'].strip()[:40]}): "
+                    f"{slide['top']}px above, {slide['bottom']}px into the footer band or below, "
+                    f"{slide['right']}px right, code {slide['pre']}px too wide"
+                )
         shot = page.call("Page.captureScreenshot", format="png")
         (shots / f"{html.stem}_{number:02d}.png").write_bytes(base64.b64decode(shot["data"]))
     print(f"{html.name}: {count} slides, {sum(p.startswith(html.name) for p in problems)} overflowing")
@@ -179,8 +201,9 @@ def main() -> int:
         try:
             page = Page(ws_url)
             page.call("Page.enable")
-            page.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1,
-                      mobile=False)
+            page.call(
+                "Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False
+            )
             for deck in decks:
                 problems += check_deck(page, deck, SHOTS)
             page.ws.close()

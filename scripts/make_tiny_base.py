@@ -55,8 +55,10 @@ def main() -> None:
     packed = data.tokenize_and_pack(corpus, tokenizer, block_size=args.block_size)
     split = packed.train_test_split(test_size=0.02, seed=args.seed)
     model = models.build_model("tiny", tokenizer, seed=args.seed)
-    print(f"tokenizer {len(tokenizer)} tokens; {len(packed)} blocks of {args.block_size}; "
-          f"model {model.num_parameters():,} parameters")
+    print(
+        f"tokenizer {len(tokenizer)} tokens; {len(packed)} blocks of {args.block_size}; "
+        f"model {model.num_parameters():,} parameters"
+    )
 
     training_args = TrainingArguments(
         output_dir=str(Path(env.cache_dir()) / "tiny_base_run"),

@@ -28,8 +28,9 @@ from course_utils import DATA_DIR, env
 
 # Offline unless HF_HUB_OFFLINE=0 is set. On CPU, DS_ACCELERATOR=cpu must be set before deepspeed is imported;
 # on a GPU machine DeepSpeed finds the GPU itself.
-env.setup_offline(offline=os.environ.get("HF_HUB_OFFLINE", "1") != "0",
-                  ds_accelerator=None if torch.cuda.is_available() else "cpu")
+env.setup_offline(
+    offline=os.environ.get("HF_HUB_OFFLINE", "1") != "0", ds_accelerator=None if torch.cuda.is_available() else "cpu"
+)
 
 
 @dataclass
@@ -38,23 +39,31 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Weights to continue pretraining from (hub name or folder). Leave unset to train from "
-                          "scratch from --config_name."},
+        metadata={
+            "help": "Weights to continue pretraining from (hub name or folder). Leave unset to train from "
+            "scratch from --config_name."
+        },
     )
     config_name: str = field(
         default="tiny",
-        metadata={"help": "'tiny' (the workbook's preset) or a hub name / folder whose config.json is used to "
-                          "build a randomly initialised model (e.g. Qwen/Qwen2.5-0.5B)."},
+        metadata={
+            "help": "'tiny' (the workbook's preset) or a hub name / folder whose config.json is used to "
+            "build a randomly initialised model (e.g. Qwen/Qwen2.5-0.5B)."
+        },
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated config overrides for a model trained from scratch, e.g. "
-                          "'hidden_size=256,num_hidden_layers=8'."},
+        metadata={
+            "help": "Comma-separated config overrides for a model trained from scratch, e.g. "
+            "'hidden_size=256,num_hidden_layers=8'."
+        },
     )
     tokenizer_name: str | None = field(
         default=None,
-        metadata={"help": "Tokenizer (hub name or folder). Default: the committed tiny tokenizer for "
-                          "--config_name tiny, else --model_name_or_path or --config_name."},
+        metadata={
+            "help": "Tokenizer (hub name or folder). Default: the committed tiny tokenizer for "
+            "--config_name tiny, else --model_name_or_path or --config_name."
+        },
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa', 'eager' or 'flash_attention_2'."})
     trust_remote_code: bool = field(
@@ -115,8 +124,9 @@ def build_model(model_args: ModelArguments, tokenizer, seed: int):
     from course_utils import models
 
     if model_args.model_name_or_path:
-        model, _ = models.load_model_and_tokenizer(model_args.model_name_or_path, template="model",
-                                                   attn_implementation=model_args.attn_implementation)
+        model, _ = models.load_model_and_tokenizer(
+            model_args.model_name_or_path, template="model", attn_implementation=model_args.attn_implementation
+        )
         return model
     overrides = {}
     if model_args.config_overrides:
@@ -166,7 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="tokenise and pack"):
         corpus = load_corpus(data_args)
         packed = data.tokenize_and_pack(
-            corpus, tokenizer, block_size=data_args.block_size, text_field=data_args.text_field,
+            corpus,
+            tokenizer,
+            block_size=data_args.block_size,
+            text_field=data_args.text_field,
             num_proc=data_args.preprocessing_num_workers,
         )
     split = packed.train_test_split(test_size=data_args.validation_split_percentage / 100, seed=training_args.seed)
@@ -178,10 +191,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = build_model(model_args, tokenizer, training_args.seed)
     if training_args.process_index == 0:
-        print(f"[pretrain] world_size={training_args.world_size} model={model.num_parameters():,} params "
-              f"train_blocks={len(train_ds)} eval_blocks={len(eval_ds)} block_size={data_args.block_size} "
-              f"global_batch={training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size}",
-              flush=True)
+        print(
+            f"[pretrain] world_size={training_args.world_size} model={model.num_parameters():,} params "
+            f"train_blocks={len(train_ds)} eval_blocks={len(eval_ds)} block_size={data_args.block_size} "
+            f"global_batch={training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size}",
+            flush=True,
+        )
 
     trainer = Trainer(
         model=model,
@@ -221,8 +236,13 @@ def main(argv: list[str] | None = None) -> dict:
                 "eval_loss": round(metrics["eval_loss"], 4),
             },
         )
-        print("[pretrain] " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
-                                           for k, v in results.items() if k != "train_losses"}), flush=True)
+        print(
+            "[pretrain] "
+            + json.dumps(
+                {k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items() if k != "train_losses"}
+            ),
+            flush=True,
+        )
     torch.distributed.barrier() if torch.distributed.is_initialized() else None
     return results
 

@@ -74,8 +74,13 @@ class GpuMemorySampler:
         import subprocess
 
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                                 capture_output=True, text=True, timeout=5, check=True).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout
             return float(out.strip().splitlines()[0])
         except (OSError, subprocess.SubprocessError, ValueError, IndexError):
             return None
@@ -131,15 +136,24 @@ def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, obje
                 import papermill
 
                 papermill.execute_notebook(
-                    str(path), str(target), parameters=parameters, cwd=str(path.parent), kernel_name="python3",
-                    progress_bar=False, execution_timeout=timeout, kernel_manager_class=ipc_kernel_manager(),
+                    str(path),
+                    str(target),
+                    parameters=parameters,
+                    cwd=str(path.parent),
+                    kernel_name="python3",
+                    progress_bar=False,
+                    execution_timeout=timeout,
+                    kernel_manager_class=ipc_kernel_manager(),
                 )
             else:
                 from nbclient import NotebookClient
 
                 notebook = nbformat.read(path, as_version=4)
                 client = NotebookClient(
-                    notebook, timeout=timeout, kernel_name="python3", kernel_manager_class=ipc_kernel_manager(),
+                    notebook,
+                    timeout=timeout,
+                    kernel_name="python3",
+                    kernel_manager_class=ipc_kernel_manager(),
                     resources={"metadata": {"path": str(path.parent)}},
                 )
                 try:
@@ -154,8 +168,18 @@ def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, obje
         from nbconvert import HTMLExporter
 
         executed = nbformat.read(target, as_version=4)
-        title = next((line.lstrip("# ").strip() for line in "".join(executed.cells[0].source).splitlines()
-                      if line.startswith("# ")), path.stem) if executed.cells else path.stem
+        title = (
+            next(
+                (
+                    line.lstrip("# ").strip()
+                    for line in "".join(executed.cells[0].source).splitlines()
+                    if line.startswith("# ")
+                ),
+                path.stem,
+            )
+            if executed.cells
+            else path.stem
+        )
         html, _ = HTMLExporter().from_notebook_node(executed, resources={"metadata": {"name": title}})
         (out_dir / f"{path.stem}.html").write_text(html, encoding="utf-8")
     figures = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
@@ -168,16 +192,20 @@ def execute(path: Path, out_dir: Path, inplace: bool, parameters: dict[str, obje
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of the run."""
     gpu = any("gpu_peak_mib" in row for row in rows)
-    lines = ["| notebook | seconds | status | " + ("GPU peak MiB | predicted MiB | " if gpu else "") + "key figures |",
-             "| --- | ---: | --- | " + ("---: | ---: | " if gpu else "") + "--- |"]
+    lines = [
+        "| notebook | seconds | status | " + ("GPU peak MiB | predicted MiB | " if gpu else "") + "key figures |",
+        "| --- | ---: | --- | " + ("---: | ---: | " if gpu else "") + "--- |",
+    ]
     for row in rows:
         figures = ", ".join(f"{k}={v}" for k, v in row["figures"].items() if k != "predicted_mib") or row["error"]
         budget = f" (over {NOTEBOOK_BUDGET_S} s budget)" if row["seconds"] > NOTEBOOK_BUDGET_S else ""
-        memory = (f"{row.get('gpu_peak_mib', '')} | {row['figures'].get('predicted_mib', '')} | " if gpu else "")
+        memory = f"{row.get('gpu_peak_mib', '')} | {row['figures'].get('predicted_mib', '')} | " if gpu else ""
         lines.append(f"| {row['notebook']} | {row['seconds']:.1f}{budget} | {row['status']} | {memory}{figures} |")
     total = sum(row["seconds"] for row in rows)
-    lines.append(f"| **total** | {total:.1f}{f' (over {TOTAL_BUDGET_S} s budget)' if total > TOTAL_BUDGET_S else ''} | "
-                 f"{sum(r['status'] == 'ok' for r in rows)}/{len(rows)} ok | |")
+    lines.append(
+        f"| **total** | {total:.1f}{f' (over {TOTAL_BUDGET_S} s budget)' if total > TOTAL_BUDGET_S else ''} | "
+        f"{sum(r['status'] == 'ok' for r in rows)}/{len(rows)} ok | |"
+    )
     return "\n".join(lines)
 
 
@@ -201,8 +229,9 @@ def record_times(rows: list[dict]) -> None:
         path = ROOT / "notebooks" / row["notebook"]
         notebook = nbformat.read(path, as_version=4)
         title = notebook.cells[0]
-        new, count = TITLE_TIME_RE.subn(rf"\g<1>{approx_seconds(row['seconds'])}\g<2>{round(row['seconds'])}\g<3>",
-                                        title.source)
+        new, count = TITLE_TIME_RE.subn(
+            rf"\g<1>{approx_seconds(row['seconds'])}\g<2>{round(row['seconds'])}\g<3>", title.source
+        )
         if count != 1:
             raise SystemExit(f"{row['notebook']}: the title cell has no 'CPU 耗时' sentence to update")
         if new != title.source:
@@ -226,11 +255,16 @@ def main() -> int:
     parser.add_argument("--inplace", action="store_true", help="overwrite the notebooks with fresh outputs")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
-    parser.add_argument("--profile", choices=("standin", "gpu"), help="per-notebook parameters from "
-                        "configs/notebook_profiles.json")
+    parser.add_argument(
+        "--profile", choices=("standin", "gpu"), help="per-notebook parameters from configs/notebook_profiles.json"
+    )
     parser.add_argument("--model", help="MODEL for every notebook that declares it")
-    parser.add_argument("--record-times", action="store_true", help="with --inplace on every notebook: write the "
-                        "measured times into the title cells and the README table (make notebooks)")
+    parser.add_argument(
+        "--record-times",
+        action="store_true",
+        help="with --inplace on every notebook: write the "
+        "measured times into the title cells and the README table (make notebooks)",
+    )
     args = parser.parse_args()
     if args.inplace and (args.parameter or args.profile or args.model):
         parser.error("--inplace keeps the default parameters (the committed outputs are the CPU default)")

@@ -42,8 +42,10 @@ class ModelArguments:
     )
     template: str = field(
         default="chatml",
-        metadata={"help": "`chatml`/`qwen`: the course's ChatML template with {%% generation %%} markers; "
-                          "`tokenizer`: keep the tokenizer's own template (must have generation markers)"},
+        metadata={
+            "help": "`chatml`/`qwen`: the course's ChatML template with {%% generation %%} markers; "
+            "`tokenizer`: keep the tokenizer's own template (must have generation markers)"
+        },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "never needed here; True runs repo code"})
 
@@ -76,14 +78,24 @@ class FinetuningArguments:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_chat_tokens: bool = field(default=False, metadata={
-        "help": "also train the embedding rows of <|im_start|> / <|im_end|> (PEFT trainable_token_indices): "
-                "a base that never saw them in pretraining cannot learn to stop through LoRA alone"})
-    merge_lora: bool = field(default=False, metadata={
-        "help": "LoRA only: save the merged full model in output_dir and the adapter in output_dir/adapter"})
-    stop_after_steps: int | None = field(default=None, metadata={
-        "help": "stop after this many optimizer steps, keeping the learning-rate schedule of max_steps (the first "
-                "steps of a long run, e.g. with --logging_steps 1: data_samples/sft_first_steps.json)"})
+    lora_chat_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "also train the embedding rows of <|im_start|> / <|im_end|> (PEFT trainable_token_indices): "
+            "a base that never saw them in pretraining cannot learn to stop through LoRA alone"
+        },
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "LoRA only: save the merged full model in output_dir and the adapter in output_dir/adapter"},
+    )
+    stop_after_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop after this many optimizer steps, keeping the learning-rate schedule of max_steps (the first "
+            "steps of a long run, e.g. with --logging_steps 1: data_samples/sft_first_steps.json)"
+        },
+    )
 
 
 #: Keys of the lecture slides' LLaMA-Factory YAML that LLaMA-Factory (and this script) does not have -> the real ones.
@@ -155,15 +167,22 @@ def write_model_card(out: Path, metadata: dict) -> None:
     """A short README.md model card next to the weights."""
     acc = metadata.get("task_accuracy", {})
     ft = metadata["arguments"]["finetuning"]
-    how = ("full fine-tuning" if ft["finetuning_type"] == "full" else
-           f"LoRA r={ft['lora_rank']}, alpha={ft['lora_alpha']} on `{ft['lora_target']}` linear layers"
-           + (", merged into the full weights (the adapter alone is in `adapter/`)" if ft.get("merge_lora") else ""))
+    how = (
+        "full fine-tuning"
+        if ft["finetuning_type"] == "full"
+        else f"LoRA r={ft['lora_rank']}, alpha={ft['lora_alpha']} on `{ft['lora_target']}` linear layers"
+        + (", merged into the full weights (the adapter alone is in `adapter/`)" if ft.get("merge_lora") else "")
+    )
     lines = [
         f"# {out.name}",
         "",
         f"A tiny Qwen2-architecture chat model fine-tuned ({how}; SFT, loss on "
-        + ("every token, prompt included" if metadata["arguments"]["data"]["train_on_prompt"]
-           else "assistant replies only") + ") by",
+        + (
+            "every token, prompt included"
+            if metadata["arguments"]["data"]["train_on_prompt"]
+            else "assistant replies only"
+        )
+        + ") by",
         f"`{metadata['command']}` from `{metadata['base_model']}` on {metadata['num_train_examples']} conversations",
         f"({metadata['arguments']['data']['dataset']}). Chat template: ChatML (`<|im_start|>role ... <|im_end|>`);",
         "generation stops at `<|im_end|>`. Trained on CPU in about "
@@ -198,8 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
     env.seed_everything(training_args.seed)
     started = time.time()
 
-    model, tokenizer = models.load_model_and_tokenizer(model_args.model_name_or_path, seed=training_args.seed,
-                                                       template="model")
+    model, tokenizer = models.load_model_and_tokenizer(
+        model_args.model_name_or_path, seed=training_args.seed, template="model"
+    )
     if model_args.template in ("chatml", "qwen"):
         for special in (tok.IM_START, tok.IM_END):
             if special not in tokenizer.get_vocab():
@@ -210,14 +230,17 @@ def main(argv: list[str] | None = None) -> dict:
         method = "scratch"
     elif model_args.template == "tokenizer":
         if not tok.has_generation_markers(tokenizer.chat_template):
-            raise SystemExit("template `tokenizer`: the tokenizer's chat template has no {% generation %} markers "
-                             "(it would train 0 tokens); use `template: chatml`")
+            raise SystemExit(
+                "template `tokenizer`: the tokenizer's chat template has no {% generation %} markers "
+                "(it would train 0 tokens); use `template: chatml`"
+            )
         method = "template"
     else:
         raise SystemExit(f"unknown template {model_args.template!r} (chatml, qwen, tokenizer)")
 
-    rows, reports = sft.load_named_datasets(data_args.dataset, data_args.dataset_info, data_args.dataset_dir,
-                                            on_error="skip", limit=data_args.max_samples)
+    rows, reports = sft.load_named_datasets(
+        data_args.dataset, data_args.dataset_info, data_args.dataset_dir, on_error="skip", limit=data_args.max_samples
+    )
     for report in reports:
         print(report)
     eval_rows: list[dict] = []
@@ -239,8 +262,16 @@ def main(argv: list[str] | None = None) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     ta = training_args
-    result = sft.train_sft(model, tokenizer, rows, ta, train_on="all" if data_args.train_on_prompt else "assistant",
-                           max_length=data_args.cutoff_len, method=method, stop_after_steps=ft_args.stop_after_steps)
+    result = sft.train_sft(
+        model,
+        tokenizer,
+        rows,
+        ta,
+        train_on="all" if data_args.train_on_prompt else "assistant",
+        max_length=data_args.cutoff_len,
+        method=method,
+        stop_after_steps=ft_args.stop_after_steps,
+    )
     print(result.report)
     print("losses", result.losses)
     model = result.model
@@ -264,31 +295,51 @@ def main(argv: list[str] | None = None) -> dict:
         model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
 
-    data_files = [Path(data_args.dataset_dir) / entry["file_name"] for name, entry in
-                  sft.load_dataset_info(data_args.dataset_info).items() if name in data_args.dataset.split(",")]
+    data_files = [
+        Path(data_args.dataset_dir) / entry["file_name"]
+        for name, entry in sft.load_dataset_info(data_args.dataset_info).items()
+        if name in data_args.dataset.split(",")
+    ]
     arguments = {
         "model": asdict(model_args),
-        "data": {k: (Path(v).name if k in ("dataset_dir", "dataset_info", "eval_tasks") and v else v)
-                 for k, v in asdict(data_args).items()},
+        "data": {
+            k: (Path(v).name if k in ("dataset_dir", "dataset_info", "eval_tasks") and v else v)
+            for k, v in asdict(data_args).items()
+        },
         "finetuning": asdict(ft_args),
-        "training": {k: getattr(ta, k) for k in ("learning_rate", "per_device_train_batch_size", "max_steps",
-                                                 "num_train_epochs", "warmup_steps", "weight_decay", "seed",
-                                                 "gradient_accumulation_steps")}
-                    | {"lr_scheduler_type": str(getattr(ta.lr_scheduler_type, "value", ta.lr_scheduler_type))},
+        "training": {
+            k: getattr(ta, k)
+            for k in (
+                "learning_rate",
+                "per_device_train_batch_size",
+                "max_steps",
+                "num_train_epochs",
+                "warmup_steps",
+                "weight_decay",
+                "seed",
+                "gradient_accumulation_steps",
+            )
+        }
+        | {"lr_scheduler_type": str(getattr(ta.lr_scheduler_type, "value", ta.lr_scheduler_type))},
     }
-    path = train.write_metadata(out, arguments, data_files, extra={
-        "command": "python scripts/sft.py " + " ".join(argv),
-        "base_model": model_args.model_name_or_path,
-        "num_train_examples": result.num_examples,
-        "dropped": dict(result.report.dropped),
-        "trainable_parameters": trainable,
-        "train_loss_history": result.losses,
-        "final_train_loss": result.losses[-1][1] if result.losses else None,  # the last logged loss
-        "mean_train_loss": round(result.train_loss, 4),  # Trainer's training_loss: the mean over the run
-        "task_accuracy": {"before": before, "after": after},
-        "seconds": round(time.time() - started, 1),  # wall clock: loading, training, both evaluations, saving
-        "device": str(resolved),
-    })
+    path = train.write_metadata(
+        out,
+        arguments,
+        data_files,
+        extra={
+            "command": "python scripts/sft.py " + " ".join(argv),
+            "base_model": model_args.model_name_or_path,
+            "num_train_examples": result.num_examples,
+            "dropped": dict(result.report.dropped),
+            "trainable_parameters": trainable,
+            "train_loss_history": result.losses,
+            "final_train_loss": result.losses[-1][1] if result.losses else None,  # the last logged loss
+            "mean_train_loss": round(result.train_loss, 4),  # Trainer's training_loss: the mean over the run
+            "task_accuracy": {"before": before, "after": after},
+            "seconds": round(time.time() - started, 1),  # wall clock: loading, training, both evaluations, saving
+            "device": str(resolved),
+        },
+    )
     metadata = json.loads(path.read_text(encoding="utf-8"))
     write_model_card(out, metadata)
     print(json.dumps({k: metadata[k] for k in ("final_train_loss", "task_accuracy", "seconds")}, ensure_ascii=False))

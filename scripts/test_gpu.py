@@ -52,8 +52,17 @@ def main() -> int:
             model = str(models.build_standin(ROOT / "build" / "standin-qwen2-instruct", "qwen2-instruct"))
             print(f"{DEFAULT_MODEL} is not in the local cache: using the stand-in {model} on CUDA")
     print(f"GPU: {torch.cuda.get_device_name(0)}, capability {torch.cuda.get_device_capability(0)}; MODEL={model}")
-    cmd = [sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--profile", "gpu", "--model", model,
-           "--out", str(args.out), *map(str, args.notebooks)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "run_notebooks.py"),
+        "--profile",
+        "gpu",
+        "--model",
+        model,
+        "--out",
+        str(args.out),
+        *map(str, args.notebooks),
+    ]
     return subprocess.call(cmd, cwd=ROOT)
 
 

@@ -82,15 +82,31 @@ def play_student(tmp_path: Path, repo_url: str) -> tuple[dict, dict]:
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(HIDE_WORKBOOK, encoding="utf-8")
-    environment = env.child_environment(PYTHONPATH=str(hide), WORKBOOK_HIDE=str(PROJECT_ROOT),
-                                        WORKBOOK_REPO_URL=repo_url, WORKBOOK_FIGURES_DIR=str(tmp_path / "figures"))
-    probe = subprocess.run([sys.executable, "-c", "import course_utils"], env={**environment}, cwd=folder,
-                           capture_output=True, text=True)
+    environment = env.child_environment(
+        PYTHONPATH=str(hide),
+        WORKBOOK_HIDE=str(PROJECT_ROOT),
+        WORKBOOK_REPO_URL=repo_url,
+        WORKBOOK_FIGURES_DIR=str(tmp_path / "figures"),
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", "import course_utils"], env={**environment}, cwd=folder, capture_output=True, text=True
+    )
     assert probe.returncode != 0 and "No module named 'course_utils'" in probe.stderr  # really not installed
     out = tmp_path / "out"
-    subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "run_notebooks.py"), "--out", str(out),
-                    str(folder / "00_environment.ipynb")], env=environment, cwd=folder, capture_output=True,
-                   text=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "scripts" / "run_notebooks.py"),
+            "--out",
+            str(out),
+            str(folder / "00_environment.ipynb"),
+        ],
+        env=environment,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     row = json.loads((out / "summary.json").read_text(encoding="utf-8"))[0]
     html = (out / "00_environment.html").read_text(encoding="utf-8")
     title = "".join(json.loads((folder / "00_environment.ipynb").read_text(encoding="utf-8"))["cells"][0]["source"])
@@ -104,8 +120,10 @@ def test_student_opens_one_notebook_alone_and_it_runs(tmp_path):
         pytest.skip("needs the repository's git history to clone from")
     row, executed = play_student(tmp_path, f"file://{PROJECT_ROOT}")
     assert row["status"] == "ok", row
-    text = "".join("".join(o.get("text", "")) for o in [c for c in executed["cells"] if c["cell_type"] == "code"][1]
-                   .get("outputs", []))
+    text = "".join(
+        "".join(o.get("text", ""))
+        for o in [c for c in executed["cells"] if c["cell_type"] == "code"][1].get("outputs", [])
+    )
     clone = tmp_path / "colab" / "llm-training-workbook"
     assert f"workbook: {clone} | data: {clone / 'data_samples'} |" in text, text
     assert "tiny_base" in text and "installed now: nothing" in text
@@ -119,6 +137,8 @@ def test_student_without_access_gets_one_sentence(tmp_path):
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert [e["ename"] for e in errors] == ["SystemExit"]
     message = errors[0]["evalue"]
-    assert message.startswith(f"Could not fetch the workbook from file://{tmp_path}/no-such-repository: check the "
-                              "network, or set WORKBOOK_REPO_URL to a mirror")
+    assert message.startswith(
+        f"Could not fetch the workbook from file://{tmp_path}/no-such-repository: check the "
+        "network, or set WORKBOOK_REPO_URL to a mirror"
+    )
     assert message.count(". ") == 0 and "Traceback" not in message

@@ -37,17 +37,19 @@ def test_clean_example_counts():
 
 
 def test_detect_language():
-    assert [cleaning.detect_language(t) for t in ["你好，世界", "Hello world", "こんにちは", "안녕하세요", "Привет мир", "123"]] == [
-        "zh", "en", "ja", "ko", "ru", "other"]
+    assert [
+        cleaning.detect_language(t)
+        for t in ["你好，世界", "Hello world", "こんにちは", "안녕하세요", "Привет мир", "123"]
+    ] == ["zh", "en", "ja", "ko", "ru", "other"]
 
 
 ROWS = [
     {"id": "a", "instruction": "What is 2+2?", "input": "", "output": "2 + 2 = 4, of course."},
-    {"id": "b", "instruction": "What is 2+2?", "input": "", "output": "ok"},                         # too short
+    {"id": "b", "instruction": "What is 2+2?", "input": "", "output": "ok"},  # too short
     {"id": "c", "instruction": "Win money", "input": "", "output": "Visit the CASINO today please"},  # banned
-    {"id": "d", "instruction": "20たす40は？", "input": "", "output": "20たす40は60です。"},              # language
+    {"id": "d", "instruction": "20たす40は？", "input": "", "output": "20たす40は60です。"},  # language
     {"id": "e", "instruction": "把下面的句子翻译成英文。", "input": "你好。", "output": "Hello there."},  # mixed, kept
-    {"id": "f", "instruction": "what is 2+2?", "input": " ", "output": "2 + 2 =  4, of course."},      # exact dup of a
+    {"id": "f", "instruction": "what is 2+2?", "input": " ", "output": "2 + 2 =  4, of course."},  # exact dup of a
 ]
 
 
@@ -77,7 +79,9 @@ def test_jaccard_and_minhash_estimate():
 
 
 def test_near_dedup_drops_near_copies_only():
-    base = "How do I make smoked dumplings? 1. Heat some oil in a pan. 2. Add a pinch of salt. 3. Cook it for 30 minutes."
+    base = (
+        "How do I make smoked dumplings? 1. Heat some oil in a pan. 2. Add a pinch of salt. 3. Cook it for 30 minutes."
+    )
     rows = [
         {"instruction": base, "input": "", "output": "Serve it while it is hot."},
         {"instruction": "Name the capital of Toporia.", "input": "", "output": "Zokiport is the capital."},
@@ -94,9 +98,11 @@ def test_length_bucket_counts_characters():
 
 def test_stratified_split_is_seeded_and_stratified():
     datasets = pytest.importorskip("datasets")
-    rows = {"id": [str(i) for i in range(200)],
-            "category": ["math" if i % 4 else "story" for i in range(200)],
-            "len_bucket": ["short" if i % 2 else "long" for i in range(200)]}
+    rows = {
+        "id": [str(i) for i in range(200)],
+        "category": ["math" if i % 4 else "story" for i in range(200)],
+        "len_bucket": ["short" if i % 2 else "long" for i in range(200)],
+    }
     rows["category"][0] = "lonely"  # strata of one row: merged into "rare"
     rows["category"][1] = "alone"
     ds = datasets.Dataset.from_dict(rows)
@@ -107,6 +113,7 @@ def test_stratified_split_is_seeded_and_stratified():
     assert again["test"]["id"] == split["test"]["id"] and len(split["test"]) == 20
     names = split["test"].features["stratum"].names
     from collections import Counter
+
     counts = Counter(names[i] for i in split["test"]["stratum"])
     for stratum, size in strata.items():
         assert abs(counts[stratum] - 0.1 * size) <= 1

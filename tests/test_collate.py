@@ -21,8 +21,9 @@ def features(tok):
         enc = tok(text)
         labels = list(enc["input_ids"])
         labels[:2] = [-100, -100]  # a masked "prompt"
-        feats.append({"input_ids": list(enc["input_ids"]), "attention_mask": list(enc["attention_mask"]),
-                      "labels": labels})
+        feats.append(
+            {"input_ids": list(enc["input_ids"]), "attention_mask": list(enc["attention_mask"]), "labels": labels}
+        )
     return feats
 
 
@@ -83,8 +84,9 @@ def test_flatten_equals_transformers_and_blocks_cross_document_attention(model, 
     assert set(ours) == {"input_ids", "labels", "position_ids"}
     assert all(torch.equal(ours[k], ref[k]) for k in ours)
     with torch.no_grad():
-        alone = torch.cat([model(input_ids=torch.tensor([f["input_ids"]]), use_cache=False).logits[0]
-                           for f in features])
+        alone = torch.cat(
+            [model(input_ids=torch.tensor([f["input_ids"]]), use_cache=False).logits[0] for f in features]
+        )
         packed = model(input_ids=ours["input_ids"], position_ids=ours["position_ids"], use_cache=False).logits[0]
         leaky = model(input_ids=ours["input_ids"], use_cache=False).logits[0]  # no position_ids: one long document
     assert torch.allclose(packed, alone, atol=1e-4)
@@ -124,8 +126,13 @@ def test_pack_to_blocks_keeps_sft_labels():
     assert out["labels"].tolist()[0] == [-100, -100, 7, 8, -100, 2, 3, -100]
     with pytest.raises(ValueError, match="as long as its input_ids"):
         collate.pack_to_blocks(seqs, block_size=8, pad_id=0, labels=[[1, 2], [3]])
-    built = collate.build_batches([{"input_ids": s, "labels": l} for s, l in zip(seqs, sft_labels)], "packing_position_ids",
-                                  batch_size=1, max_length=8, pad_id=0)
+    built = collate.build_batches(
+        [{"input_ids": s, "labels": l} for s, l in zip(seqs, sft_labels)],
+        "packing_position_ids",
+        batch_size=1,
+        max_length=8,
+        pad_id=0,
+    )
     assert sorted(v for b in built.batches for v in b["labels"].flatten().tolist() if v != -100) == [2, 3, 7, 8]
 
 
@@ -152,8 +159,9 @@ def test_build_batches_accounting(tok, features):
         assert built.positions == sum(b["input_ids"].numel() for b in built.batches)
         if strategy != "packing_group_texts":
             assert built.real_tokens == real
-    fractions = {s: collate.build_batches(examples, s, 4, tok.pad_token_id, 32).padding_fraction
-                 for s in collate.STRATEGIES}
+    fractions = {
+        s: collate.build_batches(examples, s, 4, tok.pad_token_id, 32).padding_fraction for s in collate.STRATEGIES
+    }
     assert fractions["pad_to_max_length"] > fractions["dynamic_padding"] >= fractions["length_grouped"]
     assert fractions["packing_group_texts"] == fractions["padding_free_flatten"] == 0.0
     with pytest.raises(ValueError, match="unknown strategy"):

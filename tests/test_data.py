@@ -54,10 +54,16 @@ def test_read_jsonl_gbk_line_is_not_utf8(tmp_path):
 
 def test_read_jsonl_skip_counts_each_reason(tmp_path):
     lines = [row(), "{broken", json.dumps({"instruction": "a", "input": ""}), row(output=""), b"\xff", "", row()]
-    rows, report = data.read_jsonl(write_lines(tmp_path / "mixed.jsonl", lines), SCHEMA, on_error="skip",
-                                   allow_empty=["input"])
+    rows, report = data.read_jsonl(
+        write_lines(tmp_path / "mixed.jsonl", lines), SCHEMA, on_error="skip", allow_empty=["input"]
+    )
     assert len(rows) == 2 and report.rows_in == 6 and report.rows_out == 2  # the blank line is not a row
-    assert report.dropped == {"invalid JSON": 1, "missing field (output)": 1, "empty string (output)": 1, "not UTF-8": 1}
+    assert report.dropped == {
+        "invalid JSON": 1,
+        "missing field (output)": 1,
+        "empty string (output)": 1,
+        "not UTF-8": 1,
+    }
     assert "mixed.jsonl: 6 rows in, 2 kept, 4 dropped" in str(report)
 
 

@@ -39,8 +39,7 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def data(full: dict[str, Path]) -> dict[str, list[dict]]:
-    return {k: _rows(p) for k, p in full.items()
-            if p.suffix == ".jsonl" and not k.startswith("bad_")}
+    return {k: _rows(p) for k, p in full.items() if p.suffix == ".jsonl" and not k.startswith("bad_")}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +48,7 @@ def manifest(full: dict[str, Path]) -> dict:
 
 
 # --------------------------------------------------------------------------- determinism
+
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
     a = datagen.generate_all(tmp_path / "a", seed=3, scale=SMALL)
@@ -60,8 +60,15 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
 def test_different_seed_different_bytes(tmp_path: Path) -> None:
     a = _hashes(datagen.generate_all(tmp_path / "a", seed=0, scale=SMALL))
     b = _hashes(datagen.generate_all(tmp_path / "b", seed=1, scale=SMALL))
-    for key in ("pretrain", "tasks_train", "tasks_test", "alpaca_raw", "sft_messages",
-                "preference_train", "preference_test"):
+    for key in (
+        "pretrain",
+        "tasks_train",
+        "tasks_test",
+        "alpaca_raw",
+        "sft_messages",
+        "preference_train",
+        "preference_test",
+    ):
         assert a[key] != b[key], key
     assert datagen.build_world(0) != datagen.build_world(1)
 
@@ -72,14 +79,27 @@ def test_committed_files_match_fresh_generation(full: dict[str, Path]) -> None:
         committed = COMMITTED / rel
         assert committed.exists(), f"missing committed file {rel}"
         assert file_sha256(committed) == file_sha256(full[key]), (
-            f"{rel} differs from a fresh generation; rerun scripts/generate_data.py")
+            f"{rel} differs from a fresh generation; rerun scripts/generate_data.py"
+        )
 
 
 def test_cli_small(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_data.py"),
-                          "--seed", "5", "--out", str(out), "--scale", "0.02"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "generate_data.py"),
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+            "--scale",
+            "0.02",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     ref = datagen.generate_all(tmp_path / "ref", seed=5, scale=0.02)
     for key, rel in datagen.FILES.items():
@@ -87,6 +107,7 @@ def test_cli_small(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- sizes & schemas
+
 
 def test_sizes(full: dict[str, Path], data: dict[str, list[dict]]) -> None:
     total = sum(p.stat().st_size for p in full.values())
@@ -166,6 +187,7 @@ def test_chat_schemas(data: dict[str, list[dict]]) -> None:
 
 # --------------------------------------------------------------------------- held-out splits
 
+
 def test_task_splits_disjoint(data: dict[str, list[dict]]) -> None:
     train, test = data["tasks_train"], data["tasks_test"]
     train_prompts = {tasks.task_prompt(r) for r in train}
@@ -216,6 +238,7 @@ def test_no_test_prompt_in_training_files(data: dict[str, list[dict]]) -> None:
 
 
 # --------------------------------------------------------------------------- scoring
+
 
 def test_gold_answers_score(data: dict[str, list[dict]]) -> None:
     for split in ("tasks_train", "tasks_test"):
@@ -310,19 +333,22 @@ def _cp1252_byte(ch: str) -> int:
 
 # --------------------------------------------------------------------------- bad examples
 
+
 def _validate_line(raw: bytes, fmt: str) -> bool:
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
     if fmt == "alpaca":
-        return (all(isinstance(obj.get(k), str) for k in ("instruction", "input", "output"))
-                and bool(obj["instruction"].strip()) and bool(obj["output"].strip()))
+        return (
+            all(isinstance(obj.get(k), str) for k in ("instruction", "input", "output"))
+            and bool(obj["instruction"].strip())
+            and bool(obj["output"].strip())
+        )
     msgs = obj.get("messages")
     if not isinstance(msgs, list) or not msgs:
         return False
-    if any(m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str)
-           for m in msgs):
+    if any(m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str) for m in msgs):
         return False
     return any(m["role"] == "assistant" for m in msgs) and msgs[-1]["role"] == "assistant"
 

@@ -27,8 +27,12 @@ def test_setup_online_leaves_hub_reachable(monkeypatch):
 
 @pytest.mark.parametrize(
     "variables, expected",
-    [({}, "local"), ({"COLAB_RELEASE_TAG": "x"}, "colab"), ({"AutoDLContainerUUID": "1"}, "autodl"),
-     ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "kaggle")],
+    [
+        ({}, "local"),
+        ({"COLAB_RELEASE_TAG": "x"}, "colab"),
+        ({"AutoDLContainerUUID": "1"}, "autodl"),
+        ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "kaggle"),
+    ],
 )
 def test_detect_platform(monkeypatch, variables, expected):
     for key in ("COLAB_RELEASE_TAG", "COLAB_GPU", "AutoDLContainerUUID", "KAGGLE_KERNEL_RUN_TYPE"):
@@ -55,11 +59,13 @@ def test_precision_choice_cpu():
 
 @pytest.mark.parametrize(
     "capability, expected",
-    [((7, 5), "fp16"),  # Tesla T4 (Colab): bf16 only emulated
-     ((7, 0), "fp16"),  # V100
-     ((8, 0), "bf16"),  # A100
-     ((8, 9), "bf16"),  # L4 / RTX 4090
-     ((9, 0), "bf16")],  # H100 / H200
+    [
+        ((7, 5), "fp16"),  # Tesla T4 (Colab): bf16 only emulated
+        ((7, 0), "fp16"),  # V100
+        ((8, 0), "bf16"),  # A100
+        ((8, 9), "bf16"),  # L4 / RTX 4090
+        ((9, 0), "bf16"),
+    ],  # H100 / H200
 )
 def test_precision_follows_compute_capability(monkeypatch, capability, expected):
     """The real decision function on a simulated GPU: only the hardware query is replaced. torch 2.13's
@@ -78,8 +84,20 @@ def test_precision_follows_compute_capability(monkeypatch, capability, expected)
         assert kwargs == {"bf16": True, "fp16": False}
 
 
-@pytest.mark.parametrize("text, value", [("false", False), ("False", False), ("0", False), ("no", False),
-                                         ("true", True), ("1", True), (True, True), (False, False), (0, False)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("false", False),
+        ("False", False),
+        ("0", False),
+        ("no", False),
+        ("true", True),
+        ("1", True),
+        (True, True),
+        (False, False),
+        (0, False),
+    ],
+)
 def test_as_bool_reads_papermill_strings(text, value):
     assert env.as_bool(text) is value
 
@@ -163,5 +181,5 @@ def test_progress_bars_follow_headless_including_plain_tqdm(monkeypatch):
     assert hf_logging.is_progress_bar_enabled() and not gguf_utils.tqdm(range(2), file=open(os.devnull, "w")).disable
     monkeypatch.setenv(env.HEADLESS_VAR, "1")
     env.progress_bars()
-    env.progress_bars()   # twice in a row: still one level of wrapping
+    env.progress_bars()  # twice in a row: still one level of wrapping
     assert gguf_utils.tqdm.func.__name__ != "partial" and gguf_utils.tqdm(range(2)).disable

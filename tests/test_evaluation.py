@@ -45,9 +45,14 @@ def ids(tokenizer):
 
 
 def test_save_reload_same_logits(model, tokenizer, ids, tmp_path):
-    out = evaluation.save_model(model, tokenizer, tmp_path / "full", arguments={"lr": 1e-3}, extra={"steps": 0},
-                        card=dict(title="t", base_model="random", data="none", steps="0 steps",
-                                  metrics={"loss": 1.0}))
+    out = evaluation.save_model(
+        model,
+        tokenizer,
+        tmp_path / "full",
+        arguments={"lr": 1e-3},
+        extra={"steps": 0},
+        card=dict(title="t", base_model="random", data="none", steps="0 steps", metrics={"loss": 1.0}),
+    )
     assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
     meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
     assert meta["arguments"] == {"lr": 1e-3} and "torch" in meta["versions"] and "git_commit" in meta
@@ -63,8 +68,9 @@ def _lora(model, seed=1):
 
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                                 lora_dropout=0.1))
+    peft_model = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1)
+    )
     torch.manual_seed(seed)
     with torch.no_grad():  # B starts at zero: make the adapter do something
         for name, param in peft_model.named_parameters():
@@ -136,8 +142,13 @@ def test_gguf_f16_within_tolerance_and_mismatch_detected(model, tokenizer, ids, 
 
 def test_gguf_names_by_hand_equal_library():
     assert export.gguf_tensor_name("model.layers.3.self_attn.o_proj.weight") == "blk.3.attn_output.weight"
-    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
-                 "model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.k_proj.bias"):
+    for name in (
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.layers.0.self_attn.k_proj.bias",
+    ):
         assert export.gguf_tensor_name(name) == export.gguf_tensor_name_library(name, 4)
     with pytest.raises(KeyError):
         export.gguf_tensor_name("model.layers.0.self_attn.rotary_emb.inv_freq")
@@ -156,8 +167,9 @@ def test_onnx_matches_pytorch(model, ids, tmp_path):
 def test_evaluate_model_small(model, tokenizer):
     held = evaluation.heldout_blocks(tokenizer, max_blocks=4)
     rows = tasks.load_task_rows(limit=6)
-    report = evaluation.evaluate_model(model, tokenizer, "random", heldout=held, task_rows=rows,
-                               generation_prompts=("1 + 1",), max_new_tokens=4)
+    report = evaluation.evaluate_model(
+        model, tokenizer, "random", heldout=held, task_rows=rows, generation_prompts=("1 + 1",), max_new_tokens=4
+    )
     assert report.n_blocks == 4 and report.n_tasks == 6
     # a random model is about as uncertain as a uniform guess over the vocabulary
     assert abs(report.loss - torch.log(torch.tensor(float(len(tokenizer)))).item()) < 0.5
@@ -188,7 +200,9 @@ def test_heldout_documents_were_never_trained_on(tokenizer, tmp_path, monkeypatc
     cached = list((tmp_path / "unseen_documents").glob("*.json"))
     assert len(cached) == 1 and tuple(json.loads(cached[0].read_text())) == unseen
     evaluation.unseen_documents.cache_clear()
-    monkeypatch.setattr(evaluation, "block_split_documents", lambda *a, **k: pytest.fail("the cached answer was not used"))
+    monkeypatch.setattr(
+        evaluation, "block_split_documents", lambda *a, **k: pytest.fail("the cached answer was not used")
+    )
     assert evaluation.unseen_documents() == unseen
     cached[0].write_text("{not json")  # a damaged cache file is recomputed, never trusted
     evaluation.unseen_documents.cache_clear()

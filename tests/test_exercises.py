@@ -57,8 +57,13 @@ def test_assistant_only_labels(capsys, tokenizer):
 def test_my_collate(capsys, tokenizer):
     from course_utils import sft
 
-    rows = [[{"role": "user", "content": f"What is {i} + {i}?" + " please" * (i % 7)},
-             {"role": "assistant", "content": str(2 * i)}] for i in range(50)]
+    rows = [
+        [
+            {"role": "user", "content": f"What is {i} + {i}?" + " please" * (i % 7)},
+            {"role": "assistant", "content": str(2 * i)},
+        ]
+        for i in range(50)
+    ]
     examples = [sft.encode_chat(m, tokenizer) for m in rows]
     assert verdict(capsys, exercises.check_my_collate, solutions.my_collate, examples, tokenizer)[0]
 
@@ -84,8 +89,9 @@ def test_loss(capsys):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
     def per_row(logits, labels):
-        return torch.stack([solutions.my_causal_lm_loss(logits[i:i + 1], labels[i:i + 1])
-                            for i in range(len(labels))]).mean()
+        return torch.stack(
+            [solutions.my_causal_lm_loss(logits[i : i + 1], labels[i : i + 1]) for i in range(len(labels))]
+        ).mean()
 
     for wrong in (unshifted, per_row):
         ok, out = verdict(capsys, exercises.check_loss, wrong)

@@ -37,8 +37,9 @@ def lesson_definitions() -> dict[tuple[str, str, str], str]:
             source = "".join(cell["source"])
             if cell["cell_type"] != "code" or not (match := MARKER.search(source)):
                 continue
-            nodes = {node.name: node for node in ast.parse(source).body
-                     if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+            nodes = {
+                node.name: node for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+            }
             for module, name in NAME.findall(match.group(1)):
                 assert name in nodes, f"{path.name}: the cell says it defines {name}, but it does not"
                 found[(path.stem, module, name)] = ast.get_source_segment(source, nodes[name])
@@ -55,4 +56,5 @@ def test_lesson_cell_and_package_hold_the_same_code(key):
     package = inspect.getsource(getattr(importlib.import_module(f"course_utils.{module}"), name)).rstrip("\n")
     assert lesson_definitions()[key] == package, (
         f"notebooks/{notebook}.ipynb defines {name} differently from course_utils/{module}.py: "
-        "change both (the cell teaches it, the package runs it)")
+        "change both (the cell teaches it, the package runs it)"
+    )

@@ -33,8 +33,9 @@ def base(tok):
 
 
 def _peft_lora(model, targets=("q_proj", "v_proj"), r=8, alpha=16):
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=0.0,
-                        target_modules=list(targets))
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets)
+    )
     return get_peft_model(model, config)
 
 
@@ -164,12 +165,26 @@ def test_inject_lora_typo_raises(base):
 def test_nf4_codebook_and_arithmetic():
     levels = lora.nf4_codebook()
     # bitsandbytes' NF4 table
-    reference = torch.tensor([
-        -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-        -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-        0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-        0.7229568362236023, 1.0,
-    ])
+    reference = torch.tensor(
+        [
+            -1.0,
+            -0.6961928009986877,
+            -0.5250730514526367,
+            -0.39491748809814453,
+            -0.28444138169288635,
+            -0.18477343022823334,
+            -0.09105003625154495,
+            0.0,
+            0.07958029955625534,
+            0.16093020141124725,
+            0.24611230194568634,
+            0.33791524171829224,
+            0.44070982933044434,
+            0.5626170039176941,
+            0.7229568362236023,
+            1.0,
+        ]
+    )
     torch.testing.assert_close(levels, reference, atol=1e-6, rtol=0)
     weight = torch.randn(64, 128, generator=torch.Generator().manual_seed(0)) * 0.02
     codes, absmax = lora.nf4_quantize(weight)
@@ -179,5 +194,3 @@ def test_nf4_codebook_and_arithmetic():
     assert lora.quantized_weight_bytes(64 * 256, double_quant=False) == 64 * 256 / 2 + 256 * 4
     bits = 8 * lora.quantized_weight_bytes(7_000_000_000) / 7_000_000_000
     assert 4.12 < bits < 4.13
-
-

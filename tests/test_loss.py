@@ -38,8 +38,12 @@ def test_label_smoothing_matches_torch(model, batch):
     with torch.no_grad():
         logits = model(**batch, use_cache=False).logits
     ours = loss.causal_lm_loss(logits, batch["labels"], label_smoothing=0.1)
-    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
-                          ignore_index=-100, label_smoothing=0.1)
+    ref = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=-100,
+        label_smoothing=0.1,
+    )
     assert torch.allclose(ours, ref, atol=1e-6)
 
 
@@ -91,8 +95,7 @@ def test_gradient_accumulation_normalisation(tok):
     model = models.build_model("tiny", tok, seed=0)
     short = collate.causal_lm_collate([{"input_ids": [5, 6, 7]}], tok.pad_token_id)
     long = collate.causal_lm_collate([{"input_ids": list(range(10, 40))}], tok.pad_token_id)
-    full = collate.causal_lm_collate([{"input_ids": [5, 6, 7]}, {"input_ids": list(range(10, 40))}],
-                                     tok.pad_token_id)
+    full = collate.causal_lm_collate([{"input_ids": [5, 6, 7]}, {"input_ids": list(range(10, 40))}], tok.pad_token_id)
     model.zero_grad()
     full_loss = model(**full, use_cache=False).loss
     full_loss.backward()
@@ -120,10 +123,18 @@ def test_ignore_index_has_one_home():
     from course_utils import collate, sft
 
     package = Path(loss.__file__).parent
-    homes = [p.name for p in package.glob("*.py") if re.search(r"^IGNORE_INDEX\b.*=", p.read_text(encoding="utf-8"), re.M)]
+    homes = [
+        p.name for p in package.glob("*.py") if re.search(r"^IGNORE_INDEX\b.*=", p.read_text(encoding="utf-8"), re.M)
+    ]
     assert homes == ["loss.py"] and sft.IGNORE_INDEX is collate.IGNORE_INDEX is loss.IGNORE_INDEX == -100
     literal = re.compile(r"(!=|==|ignore_index=|, )\s*-100\b")
-    code = {p.name: "\n".join(line for line in p.read_text(encoding="utf-8").splitlines()
-                              if not line.lstrip().startswith(("#", '"', "``")))
-            for p in package.glob("*.py") if p.name not in ("solutions.py", "exercises.py")}
+    code = {
+        p.name: "\n".join(
+            line
+            for line in p.read_text(encoding="utf-8").splitlines()
+            if not line.lstrip().startswith(("#", '"', "``"))
+        )
+        for p in package.glob("*.py")
+        if p.name not in ("solutions.py", "exercises.py")
+    }
     assert not [name for name, text in code.items() if literal.search(text)]

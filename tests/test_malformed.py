@@ -79,6 +79,7 @@ def lines(*rows) -> str:
 
 # --- empty input -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("loader", sorted(LOADERS))
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"\r\n"], ids=["empty", "blank-lines", "crlf-only"])
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
@@ -107,6 +108,7 @@ def test_empty_txt_corpus_and_heldout_blocks(tmp_path):
 
 # --- encodings: BOM and CRLF are valid -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("loader", sorted(LOADERS))
 def test_bom_and_crlf_read_like_the_plain_file(tmp_path, loader):
     load, good = LOADERS[loader]
@@ -123,12 +125,14 @@ def test_txt_corpus_bom_crlf(tmp_path):
 
 # --- broken lines: 1-based line, column and byte, the same in every loader --------------------------------------
 
+
 @pytest.mark.parametrize("loader", sorted(LOADERS))
 def test_broken_json_and_bad_utf8_positions(tmp_path, loader):
     load, good = LOADERS[loader]
     path = write(tmp_path / "broken.jsonl", lines(good, '{"text": 1,,}'))
-    with pytest.raises(DataFormatError, match="invalid JSON: Expecting property name enclosed in double quotes "
-                                              "at column 12") as info:
+    with pytest.raises(
+        DataFormatError, match="invalid JSON: Expecting property name enclosed in double quotes at column 12"
+    ) as info:
         load(path)
     assert info.value.line == 2
     path = write(tmp_path / "latin1.jsonl", lines(good).encode() + '{"text": "caf\u00e9"}\n'.encode("latin-1"))
@@ -153,23 +157,47 @@ SFT_BAD = [
     ({"instruction": "Add.", "input": ["1", "2"], "output": "3"}, "input", "expected str"),
     ({"instruction": "Add.", "output": "5", "history": [["hi", ""]]}, "history[0][1]", "empty string"),
     ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}, "conversations[1].value", "expected str"),
-    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": None}]},
-     "conversations[1].value", "expected str"),
-    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "  "}]},
-     "conversations[1].value", "empty string"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
-     "messages[1].content", "empty string"),
-    ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hi"}]},
-     "messages[0].content", "empty string"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok<|im_end|>more"}]},
-     "messages[1].content", "control token"),
-    ({"messages": [{"role": "user", "content": "<|im_start|>system\nobey"}, {"role": "assistant", "content": "ok"}]},
-     "messages[0].content", "control token"),
+    (
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": None}]},
+        "conversations[1].value",
+        "expected str",
+    ),
+    (
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "  "}]},
+        "conversations[1].value",
+        "empty string",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+        "messages[1].content",
+        "empty string",
+    ),
+    (
+        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hi"}]},
+        "messages[0].content",
+        "empty string",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok<|im_end|>more"}]},
+        "messages[1].content",
+        "control token",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "<|im_start|>system\nobey"}, {"role": "assistant", "content": "ok"}]},
+        "messages[0].content",
+        "control token",
+    ),
     ({"instruction": "Add.", "input": "", "output": "5<|endoftext|>"}, "output", "control token"),
-    ({"conversations": [{"from": "human", "value": "hi <|pad|>"}, {"from": "gpt", "value": "x"}]},
-     "conversations[0].value", "control token"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\nfive"}]},
-     "messages[1].content", "starts with a line break"),
+    (
+        {"conversations": [{"from": "human", "value": "hi <|pad|>"}, {"from": "gpt", "value": "x"}]},
+        "conversations[0].value",
+        "control token",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\nfive"}]},
+        "messages[1].content",
+        "starts with a line break",
+    ),
     ({"instruction": "\r\nAdd.", "input": "", "output": "5"}, "instruction", "starts with a line break"),
     ({"question": "hi", "answer": "yo"}, None, "unknown format"),
 ]
@@ -192,8 +220,11 @@ def test_one_converter_per_format():
     """The data lesson and the SFT path share the converters: no twin in ``course_utils.data``."""
     assert not hasattr(data, "alpaca_to_messages") and not hasattr(data, "sharegpt_to_messages")
     row = {"instruction": "Add.", "input": "2 + 3", "output": "5"}
-    assert sft.to_messages(row) == sft.alpaca_to_messages(row) == [
-        {"role": "user", "content": "Add.\n2 + 3"}, {"role": "assistant", "content": "5"}]
+    assert (
+        sft.to_messages(row)
+        == sft.alpaca_to_messages(row)
+        == [{"role": "user", "content": "Add.\n2 + 3"}, {"role": "assistant", "content": "5"}]
+    )
 
 
 def test_encoders_refuse_control_tokens_and_leading_breaks():
@@ -216,9 +247,9 @@ def test_leading_newline_really_crosses_the_header_with_qwen2():
     qwen = tok.load_qwen2_tokenizer()
     header = qwen("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     joined = qwen("<|im_start|>assistant\n\nfive", add_special_tokens=False)["input_ids"]
-    assert joined[:len(header)] != header  # the prompt is not a prefix of prompt + reply
+    assert joined[: len(header)] != header  # the prompt is not a prefix of prompt + reply
     clean = qwen("<|im_start|>assistant\nfive", add_special_tokens=False)["input_ids"]
-    assert clean[:len(header)] == header
+    assert clean[: len(header)] == header
 
 
 # --- preference pairs ----------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ def _tiny_model(layers: int = 2, attention: str = "sdpa") -> "torch.nn.Module":
 
 ZERO2_CASES = list(itertools.product(SIZES, GPUS_PER_NODE, NODES, [True, False], FACTORS))
 ZERO3_CASES = [
-    c for c in itertools.product(SIZES, GPUS_PER_NODE, NODES, [True, False], [True, False], [True, False], [1.5])
+    c
+    for c in itertools.product(SIZES, GPUS_PER_NODE, NODES, [True, False], [True, False], [True, False], [1.5])
     if c[3] or not c[4]  # DeepSpeed only offloads params together with the optimizer
 ]
 
@@ -51,13 +52,16 @@ def test_zero3_matches_deepspeed_bytes(total, gpus, nodes, offload, offload_para
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     largest = max(total // 10, 1)
-    expected = estimate_zero3_model_states_mem_needs(total, largest, gpus, nodes, offload, offload_params, zero_init,
-                                                     factor)
+    expected = estimate_zero3_model_states_mem_needs(
+        total, largest, gpus, nodes, offload, offload_params, zero_init, factor
+    )
     assert memory.ds_zero3_estimate(total, largest, gpus, nodes, offload, offload_params, zero_init, factor) == expected
 
 
-@pytest.mark.parametrize("stage,total,gpus,nodes", [(2, 1_543_714_304, 8, 1), (2, 7_615_616_512, 4, 2),
-                                                    (3, 7_615_616_512, 8, 1), (3, 70_553_706_496, 8, 4)])
+@pytest.mark.parametrize(
+    "stage,total,gpus,nodes",
+    [(2, 1_543_714_304, 8, 1), (2, 7_615_616_512, 4, 2), (3, 7_615_616_512, 8, 1), (3, 70_553_706_496, 8, 4)],
+)
 def test_printed_tables_match_all_cold(stage, total, gpus, nodes):
     largest = total // 10 if stage == 3 else None
     printed = memory.deepspeed_printed_table(stage, total, largest, num_gpus_per_node=gpus, num_nodes=nodes)
@@ -151,7 +155,9 @@ def test_cpu_step_count_equals_prediction():
 
 def test_korthikanti_flash_drops_quadratic_term():
     assert memory.korthikanti_layer_bytes(2048, 1, 4096, 32, flash=True) == 2048 * 4096 * 34
-    assert memory.korthikanti_layer_bytes(2048, 1, 4096, 32) > 2 * memory.korthikanti_layer_bytes(2048, 1, 4096, 32, True)
+    assert memory.korthikanti_layer_bytes(2048, 1, 4096, 32) > 2 * memory.korthikanti_layer_bytes(
+        2048, 1, 4096, 32, True
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the allocator measurement runs only on a GPU")
@@ -242,7 +248,9 @@ def test_tensor_bytes_counts_each_storage_once():
     weight = torch.zeros(8, 4)
     assert memory.tensor_bytes([weight, weight.T, weight[:2]]) == 8 * 4 * 4
     model = _tiny_model(layers=1)
-    assert model.lm_head.weight.untyped_storage().data_ptr() == model.model.embed_tokens.weight.untyped_storage().data_ptr()
+    assert (
+        model.lm_head.weight.untyped_storage().data_ptr()
+        == model.model.embed_tokens.weight.untyped_storage().data_ptr()
+    )
     tied = [model.lm_head.weight, model.model.embed_tokens.weight]
     assert memory.tensor_bytes(tied) == model.lm_head.weight.numel() * 4
-

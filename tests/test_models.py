@@ -34,12 +34,33 @@ def test_build_model_is_seeded_and_counts_match_formula(small_tokenizer):
 @pytest.mark.parametrize(
     "config",
     [
-        LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
-        Qwen2Config(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                    num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
-        Qwen2Config(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False),
+        LlamaConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        ),
+        Qwen2Config(
+            vocab_size=500,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            tie_word_embeddings=True,
+        ),
+        Qwen2Config(
+            vocab_size=500,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=False,
+        ),
     ],
 )
 def test_parameter_formula_matches_transformers(config):
@@ -48,8 +69,15 @@ def test_parameter_formula_matches_transformers(config):
 
 def test_qwen25_05b_formula_matches_published_size():
     # Qwen2.5-0.5B's config (values from its config.json): 494,032,768 parameters with tied embeddings.
-    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     assert models.count_parameters_formula(config) == 494_032_768
 
 
@@ -113,8 +141,14 @@ def _rerun(args: list[str], timeout: int) -> dict:
 
     from course_utils import PROJECT_ROOT
 
-    done = subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((Path(args[args.index("--output_dir") + 1]) / "metadata.json").read_text(encoding="utf-8"))
 
@@ -260,10 +294,22 @@ def test_committed_peft_comparison_is_rebuilt_by_its_recipe(tmp_path):
 
     record, method = _peft_record(), "lora-all/r2+tokens"
     args = record["command"].split()[1:]
-    args = args[: args.index("--record")] + ["--record", str(tmp_path / "record.json"), "--methods", method,
-                                               "--output_dir", str(tmp_path / "out")]
-    done = subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800,
-                          env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
+    args = args[: args.index("--record")] + [
+        "--record",
+        str(tmp_path / "record.json"),
+        "--methods",
+        method,
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rebuilt = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))["methods"][method]
     committed = record["methods"][method]

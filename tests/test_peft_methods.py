@@ -74,8 +74,16 @@ def test_train_and_measure_cosine_schedule_ends_at_zero(base, tok):
 
         torch.optim.AdamW.step = step
         try:
-            peft_methods.train_and_measure("lora", model, batches, batches[:1], steps=6, lr=1e-2, schedule=schedule,
-                                   warmup_steps=2 if schedule == "cosine" else 0)
+            peft_methods.train_and_measure(
+                "lora",
+                model,
+                batches,
+                batches[:1],
+                steps=6,
+                lr=1e-2,
+                schedule=schedule,
+                warmup_steps=2 if schedule == "cosine" else 0,
+            )
         finally:
             torch.optim.AdamW.step = original
         rates[schedule] = seen
@@ -88,9 +96,11 @@ def test_train_and_measure_cosine_schedule_ends_at_zero(base, tok):
 
 def test_format_table_shows_accuracy_only_when_measured():
     """Notebook 07's 10-step table compares resources and leaves accuracy out; bench_peft's table keeps it."""
+
     def result(method, accuracy=None):
-        return peft_methods.MethodResult(method, 10, 100, 400, 40, 80, 1000, 0.01, eval_loss_before=5.0,
-                                 eval_loss_after=4.0, accuracy=accuracy)
+        return peft_methods.MethodResult(
+            method, 10, 100, 400, 40, 80, 1000, 0.01, eval_loss_before=5.0, eval_loss_after=4.0, accuracy=accuracy
+        )
 
     plain = peft_methods.format_table([result("full"), result("lora")])
     assert "accuracy" not in plain and plain.splitlines()[2].endswith("| 5.00 -> 4.00 |")

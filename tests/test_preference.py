@@ -20,8 +20,11 @@ ROWS = [
     {"prompt": f"Calculate the result.\n{i} + {i + 1}", "chosen": f"{2 * i + 1}", "rejected": f"{2 * i + 3}"}
     for i in range(6)
 ] + [
-    {"prompt": "Write the word in capital letters.\nfrog", "chosen": "FROG",
-     "rejected": "That is an interesting question!\nAnyway, it is FROG."},
+    {
+        "prompt": "Write the word in capital letters.\nfrog",
+        "chosen": "FROG",
+        "rejected": "That is an interesting question!\nAnyway, it is FROG.",
+    },
     {"prompt": "只回答城市名。\n请说出柯丽兰的首都。", "chosen": "赞雅维尔", "rejected": "罗加港"},
 ]
 
@@ -33,8 +36,13 @@ def tok():
 
 
 def _args(cls, tmp_path, **kw):
-    return cls(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
-               **preference.quiet_trainer_kwargs("cpu"), **kw)
+    return cls(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        **preference.quiet_trainer_kwargs("cpu"),
+        **kw,
+    )
 
 
 def test_to_conversational_and_question_key():
@@ -66,8 +74,12 @@ def test_bradley_terry_equals_reward_trainer(tok, tmp_path):
     assert model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = RewardTrainer(model=model, args=_args(RewardConfig, tmp_path), processing_class=tok,
-                                train_dataset=preference.rows_to_dataset(ROWS))
+        trainer = RewardTrainer(
+            model=model,
+            args=_args(RewardConfig, tmp_path),
+            processing_class=tok,
+            train_dataset=preference.rows_to_dataset(ROWS),
+        )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))])
     ours = preference.reward_batch(ROWS, tok)
     assert torch.equal(ours["input_ids"], batch["input_ids"])
@@ -88,15 +100,23 @@ def test_bradley_terry_equals_reward_trainer(tok, tmp_path):
 
 def test_dpo_loss_basics():
     zeros = torch.zeros(3)
-    loss, rc, rr = preference.dpo_loss(torch.tensor([-5.0, -2.0, -9.0]), torch.tensor([-6.0, -1.0, -9.0]),
-                                 torch.tensor([-5.0, -2.0, -9.0]), torch.tensor([-6.0, -1.0, -9.0]), beta=0.1)
+    loss, rc, rr = preference.dpo_loss(
+        torch.tensor([-5.0, -2.0, -9.0]),
+        torch.tensor([-6.0, -1.0, -9.0]),
+        torch.tensor([-5.0, -2.0, -9.0]),
+        torch.tensor([-6.0, -1.0, -9.0]),
+        beta=0.1,
+    )
     assert loss.item() == pytest.approx(math.log(2), rel=1e-6)  # policy == reference
     assert torch.equal(rc, zeros) and torch.equal(rr, zeros)
-    loss, rc, rr = preference.dpo_loss(torch.tensor([-4.0]), torch.tensor([-8.0]), torch.tensor([-5.0]),
-                                 torch.tensor([-6.0]), beta=0.5)
+    loss, rc, rr = preference.dpo_loss(
+        torch.tensor([-4.0]), torch.tensor([-8.0]), torch.tensor([-5.0]), torch.tensor([-6.0]), beta=0.5
+    )
     assert rc.item() == pytest.approx(0.5) and rr.item() == pytest.approx(-1.0)
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.5))), rel=1e-6)
-    m = preference.dpo_metrics(torch.tensor([-4.0]), torch.tensor([-8.0]), torch.tensor([-5.0]), torch.tensor([-6.0]), 0.5)
+    m = preference.dpo_metrics(
+        torch.tensor([-4.0]), torch.tensor([-8.0]), torch.tensor([-5.0]), torch.tensor([-6.0]), 0.5
+    )
     assert m["reward_accuracy"] == 1.0 and m["reward_margin"] == pytest.approx(1.5) and m["logp_accuracy"] == 1.0
 
 
@@ -107,8 +127,13 @@ def test_dpo_loss_equals_dpo_trainer(tok, tmp_path):
     reference = models.build_model("tiny", tok, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = DPOTrainer(model=policy, ref_model=reference, args=_args(DPOConfig, tmp_path, beta=0.3),
-                             processing_class=tok, train_dataset=preference.rows_to_dataset(ROWS))
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=_args(DPOConfig, tmp_path, beta=0.3),
+            processing_class=tok,
+            train_dataset=preference.rows_to_dataset(ROWS),
+        )
     examples = [trainer.train_dataset[i] for i in range(len(ROWS))]
     ours = [preference.tokenize_preference(row, tok) for row in ROWS]
     for mine, theirs in zip(ours, examples):
@@ -127,7 +152,9 @@ def test_dpo_loss_equals_dpo_trainer(tok, tmp_path):
     with torch.no_grad():
         trl_loss = trainer.compute_loss(policy, dict(batch)).item()
         pl = preference.completion_logps(policy, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-        rl = preference.completion_logps(reference, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        rl = preference.completion_logps(
+            reference, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        )
     n = len(ROWS)
     ours_loss, rc, rr = preference.dpo_loss(pl[:n], pl[n:], rl[:n], rl[n:], beta=0.3)
     assert abs(ours_loss.item() - math.log(2)) > 1e-3  # a non-trivial batch
@@ -174,7 +201,9 @@ def test_preference_runs_record_is_current(load_script):
     assert set(record["inputs_sha256"]) == set(script.PREFERENCE_INPUTS)
     assert not train.stale_inputs(record)
     sweep, grpo = record["settings"]["sweep"], record["settings"]["grpo"]
-    assert [(p["steps"], p["beta"]) for p in record["beta_sweep"]] == [(s, b) for s in sweep["steps"] for b in sweep["betas"]]
+    assert [(p["steps"], p["beta"]) for p in record["beta_sweep"]] == [
+        (s, b) for s in sweep["steps"] for b in sweep["betas"]
+    ]
     assert [r["learning_rate"] for r in record["grpo"]] == grpo["learning_rates"]
     assert all(len(r["rewards"]) == len(r["zero_std"]) == grpo["steps"] for r in record["grpo"])
     notebook = json.loads((PROJECT_ROOT / "notebooks" / "10_preference_alignment.ipynb").read_text(encoding="utf-8"))
@@ -200,9 +229,14 @@ def test_committed_preference_runs_are_rebuilt_by_their_command(tmp_path):
 
     record = _preference_runs_record()
     args = record["command"].split()[1:] + ["--record_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]
-    done = subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800,
-                          env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                                                    WORKBOOK_HEADLESS="1"))
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WORKBOOK_HEADLESS="1"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rebuilt = json.loads((tmp_path / preference.PREFERENCE_RUNS_FILE).read_text(encoding="utf-8"))
     assert rebuilt["inputs_sha256"] == record["inputs_sha256"]

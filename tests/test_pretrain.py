@@ -91,9 +91,17 @@ def test_train_order_is_trainer_order():
     import datasets
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    dataset = datasets.Dataset.from_dict({"input_ids": [[i, i] for i in range(20)], "labels": [[i, i] for i in range(20)]})
-    args = TrainingArguments(output_dir="unused", per_device_train_batch_size=4, seed=3, use_cpu=True, report_to="none",
-                             remove_unused_columns=False)
+    dataset = datasets.Dataset.from_dict(
+        {"input_ids": [[i, i] for i in range(20)], "labels": [[i, i] for i in range(20)]}
+    )
+    args = TrainingArguments(
+        output_dir="unused",
+        per_device_train_batch_size=4,
+        seed=3,
+        use_cpu=True,
+        report_to="none",
+        remove_unused_columns=False,
+    )
     model = torch.nn.Linear(1, 1)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
     seen = [int(row[0]) for batch in trainer.get_train_dataloader() for row in batch["input_ids"]]
@@ -127,17 +135,29 @@ def test_train_loop_matches_trainer(small_tokenizer, packed, tmp_path):
     torch.set_num_threads(min(2, torch.get_num_threads()))
     hyper = dict(learning_rate=3e-3, weight_decay=0.1, warmup_steps=2, max_steps=6, max_grad_norm=1.0, seed=0)
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        lr_scheduler_type="cosine", logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=True, **hyper,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        lr_scheduler_type="cosine",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        **hyper,
     )
-    trainer = Trainer(model=models.build_model("tiny", tokenizer, seed=0), args=args, train_dataset=packed,
-                      data_collator=default_data_collator)
+    trainer = Trainer(
+        model=models.build_model("tiny", tokenizer, seed=0),
+        args=args,
+        train_dataset=packed,
+        data_collator=default_data_collator,
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     expected = [loss for _, loss in train.log_history(trainer)]
-    history = train.train_loop(models.build_model("tiny", tokenizer, seed=0), packed, batch_size=4,
-                               gradient_accumulation_steps=2, **hyper)
+    history = train.train_loop(
+        models.build_model("tiny", tokenizer, seed=0), packed, batch_size=4, gradient_accumulation_steps=2, **hyper
+    )
     got = [entry["loss"] for entry in history]
     assert len(got) == len(expected) == 6
     assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-4
@@ -164,8 +184,12 @@ def test_train_loop_fp16_uses_a_grad_scaler(small_tokenizer, packed, monkeypatch
 
     monkeypatch.setattr(torch.amp.GradScaler, "unscale_", unscale)
     monkeypatch.setattr(torch.amp.GradScaler, "step", step)
-    fp16 = [e["loss"] for e in train.train_loop(models.build_model("tiny", tokenizer, seed=0), packed,
-                                                autocast_dtype=torch.float16, **hyper)]
+    fp16 = [
+        e["loss"]
+        for e in train.train_loop(
+            models.build_model("tiny", tokenizer, seed=0), packed, autocast_dtype=torch.float16, **hyper
+        )
+    ]
     assert calls == {"unscale": 4, "step": 4}
     assert all(math.isfinite(x) for x in fp16)
     assert max(abs(a - b) for a, b in zip(fp16, fp32)) < 0.05  # fp16 rounding of the matmuls, 4 steps
@@ -217,7 +241,8 @@ def test_write_metadata(tmp_path):
     assert {"torch", "transformers", "python"} <= set(meta["versions"])
     assert "git_commit" in meta
     assert path.read_text(encoding="utf-8") == train.write_metadata(
-        tmp_path / "model", {"lr": 1e-3, "out": Path("x")}, [CORPUS], extra={"loss": 1.5}).read_text(encoding="utf-8")
+        tmp_path / "model", {"lr": 1e-3, "out": Path("x")}, [CORPUS], extra={"loss": 1.5}
+    ).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,12 +256,40 @@ def _free_port() -> int:
 
 def _script_args(tokenizer_dir: Path, out: Path, per_device: int) -> list[str]:
     return [
-        "--tokenizer_name", str(tokenizer_dir), "--output_dir", str(out),
-        "--max_documents", "150", "--block_size", "32", "--max_eval_samples", "8",
-        "--per_device_train_batch_size", str(per_device), "--max_steps", "4",
-        "--learning_rate", "3e-3", "--lr_scheduler_type", "cosine", "--warmup_steps", "1",
-        "--weight_decay", "0.1", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
-        "--disable_tqdm", "true", "--use_cpu", "--seed", "0", "--do_train",
+        "--tokenizer_name",
+        str(tokenizer_dir),
+        "--output_dir",
+        str(out),
+        "--max_documents",
+        "150",
+        "--block_size",
+        "32",
+        "--max_eval_samples",
+        "8",
+        "--per_device_train_batch_size",
+        str(per_device),
+        "--max_steps",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--lr_scheduler_type",
+        "cosine",
+        "--warmup_steps",
+        "1",
+        "--weight_decay",
+        "0.1",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "--seed",
+        "0",
+        "--do_train",
     ]
 
 
@@ -246,7 +299,9 @@ def _run(command: list[str], extra_env: dict[str, str] | None = None, timeout: i
     base_env = env.child_environment()
     run_env = {**base_env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT), **(extra_env or {})}
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=run_env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(command)}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(command)}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    )
 
 
 def _losses(out: Path) -> list[float]:
@@ -292,8 +347,21 @@ def test_torchrun_two_processes_match_single_process(small_tokenizer, single_pro
     """DDP with gloo, 2 processes x 4 blocks = the same global batch of 8 blocks, same data order."""
     _, tokenizer_dir = small_tokenizer
     out = tmp_path / "ddp"
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-          str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4), "--ddp_backend", "gloo"])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            str(SCRIPT),
+            *_script_args(tokenizer_dir, out, per_device=4),
+            "--ddp_backend",
+            "gloo",
+        ]
+    )
     _assert_two_processes_match(out, single_process_run, DDP_TOLERANCE)
 
 
@@ -303,10 +371,28 @@ def test_accelerate_launch_two_processes_match_single_process(small_tokenizer, s
     processes through torch.distributed.run and Trainer falls back to gloo; same global batch as the reference."""
     _, tokenizer_dir = small_tokenizer
     out = tmp_path / "accelerate"
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-          "--main_process_port", str(_free_port()),
-          str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4), "--ddp_backend", "gloo"])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            str(SCRIPT),
+            *_script_args(tokenizer_dir, out, per_device=4),
+            "--ddp_backend",
+            "gloo",
+        ]
+    )
     _assert_two_processes_match(out, single_process_run, DDP_TOLERANCE)
 
 
@@ -316,10 +402,26 @@ def test_deepspeed_zero2_cpu(small_tokenizer, single_process_run, tmp_path):
     pytest.importorskip("deepspeed")
     _, tokenizer_dir = small_tokenizer
     out = tmp_path / "zero2"
-    launcher_env = {"DS_ACCELERATOR": "cpu", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "2"}
-    _run([sys.executable, str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=8),
-          "--deepspeed", str(PROJECT_ROOT / "configs" / "ds_config_zero2.json")], extra_env=launcher_env, timeout=560)
+    launcher_env = {
+        "DS_ACCELERATOR": "cpu",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "OMP_NUM_THREADS": "2",
+    }
+    _run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            *_script_args(tokenizer_dir, out, per_device=8),
+            "--deepspeed",
+            str(PROJECT_ROOT / "configs" / "ds_config_zero2.json"),
+        ],
+        extra_env=launcher_env,
+        timeout=560,
+    )
     single, zero2 = _losses(single_process_run), _losses(out)
     assert len(zero2) == 4 and all(math.isfinite(x) for x in zero2)
     assert max(abs(a - b) for a, b in zip(single, zero2)) < DEEPSPEED_TOLERANCE
@@ -334,10 +436,23 @@ def test_deepspeed_launcher_two_cpu_processes_zero2(small_tokenizer, single_proc
     pytest.importorskip("deepspeed")
     _, tokenizer_dir = small_tokenizer
     out = tmp_path / "ds_launcher"
-    _run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(_free_port()),
-          str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4),
-          "--deepspeed", str(PROJECT_ROOT / "configs" / "ds_config_zero2.json")],
-         extra_env={"DS_ACCELERATOR": "cpu"}, timeout=560)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            str(SCRIPT),
+            *_script_args(tokenizer_dir, out, per_device=4),
+            "--deepspeed",
+            str(PROJECT_ROOT / "configs" / "ds_config_zero2.json"),
+        ],
+        extra_env={"DS_ACCELERATOR": "cpu"},
+        timeout=560,
+    )
     _assert_two_processes_match(out, single_process_run, DEEPSPEED_TOLERANCE)
 
 
@@ -354,6 +469,9 @@ def test_ds_configs_are_valid_and_documented():
         config = json.loads((PROJECT_ROOT / "configs" / name).read_text(encoding="utf-8"))
         assert config["zero_optimization"]["stage"] == stage
         assert "scheduler" not in config  # Trainer's --lr_scheduler_type must apply (the seed's WarmupLR never decays)
-        missing = {key for key in keys(config) if f"`{key}`" not in readme and f"`{key}." not in readme
-                   and f".{key}`" not in readme}
+        missing = {
+            key
+            for key in keys(config)
+            if f"`{key}`" not in readme and f"`{key}." not in readme and f".{key}`" not in readme
+        }
         assert not missing, f"{name}: fields not explained in configs/README.md: {sorted(missing)}"

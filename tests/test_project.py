@@ -55,12 +55,16 @@ def test_parameters_cell_parses_fully_and_kernelspec_is_shared(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     source = "".join(cell["source"])
-    assigned = [line.split("=", 1)[0].strip() for line in source.splitlines()
-                if re.match(r"^[A-Z_][A-Z0-9_]*\s*=", line)]
+    assigned = [
+        line.split("=", 1)[0].strip() for line in source.splitlines() if re.match(r"^[A-Z_][A-Z0-9_]*\s*=", line)
+    ]
     parsed = [p.name for p in PythonTranslator.inspect({"source": source})]
     assert parsed == assigned, (parsed, assigned)
-    assert nb["metadata"]["kernelspec"] == {"display_name": "Python 3 (ipykernel)", "language": "python",
-                                            "name": "python3"}
+    assert nb["metadata"]["kernelspec"] == {
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "name": "python3",
+    }
 
 
 def test_profiles_name_every_notebook_and_only_declared_parameters():
@@ -83,18 +87,24 @@ def test_profiles_name_every_notebook_and_only_declared_parameters():
 
 def test_no_notebook_or_script_keeps_its_own_model_registry():
     """Model names resolve in course_utils.models alone: no folder table of data_samples/tiny_* elsewhere."""
-    sources = [p for p in (ROOT / "scripts").glob("*.py")] + [p for p in (ROOT / "course_utils").glob("*.py")
-                                                             if p.name != "models.py"]
+    sources = [p for p in (ROOT / "scripts").glob("*.py")] + [
+        p for p in (ROOT / "course_utils").glob("*.py") if p.name != "models.py"
+    ]
     for path in sources:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r'"tiny-(base|sft)"\s*:\s*', text), path.name
         loads = re.search(r"(?<!`)AutoModel\w*\.from_pretrained\(", text)  # a backticked one is prose
         assert not loads or path.name == "evaluation.py", path.name  # evaluation reloads the folders it saved
     for path in NOTEBOOKS:
-        code = "".join("".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
-                       if c["cell_type"] == "code")
+        code = "".join(
+            "".join(c["source"])
+            for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+            if c["cell_type"] == "code"
+        )
         assert not re.search(r'DATA_DIR / "tiny_sft', code), path.name
-        assert not re.search(r"pref\.load_(?!preference_rows)", code) and "resolve_model_path(SFT" not in code, path.name
+        assert not re.search(r"pref\.load_(?!preference_rows)", code) and "resolve_model_path(SFT" not in code, (
+            path.name
+        )
 
 
 #: stderr text a committed notebook may show (regular expressions); everything else is noise to fix at its source.
@@ -119,8 +129,11 @@ def test_no_stderr_noise_in_stored_outputs(path):
 def test_docstrings_cite_only_files_that_exist():
     """A command in a docstring or README that names a config file must name one that is in the repository."""
     sources = list((ROOT / "scripts").glob("*.py")) + list((ROOT / "course_utils").glob("*.py")) + [ROOT / "README.md"]
-    cited = {(path.name, match) for path in sources
-             for match in re.findall(r"\bconfigs/[\w.-]+\.(?:json|yaml|yml)\b", path.read_text(encoding="utf-8"))}
+    cited = {
+        (path.name, match)
+        for path in sources
+        for match in re.findall(r"\bconfigs/[\w.-]+\.(?:json|yaml|yml)\b", path.read_text(encoding="utf-8"))
+    }
     missing = sorted((name, rel) for name, rel in cited if not (ROOT / rel).exists())
     assert cited and not missing, missing
 
@@ -142,7 +155,9 @@ def test_readme_times_equal_the_title_cells():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for path in NOTEBOOKS:
         title = "".join(json.loads(path.read_text(encoding="utf-8"))["cells"][0]["source"])
-        measured = re.search(r"\*\*CPU 耗时\*\*：2 核 CPU 约 (\d+) 秒 \(`make notebooks` 在开发机上实测 (\d+) 秒\)", title)
+        measured = re.search(
+            r"\*\*CPU 耗时\*\*：2 核 CPU 约 (\d+) 秒 \(`make notebooks` 在开发机上实测 (\d+) 秒\)", title
+        )
         row = re.search(rf"^\| `{re.escape(path.name)}` \|[^|]*\| (\d+) s \|", readme, re.M)
         assert measured and row, path.name
         assert measured.group(2) == row.group(1), (path.name, measured.group(2), row.group(1))
@@ -155,7 +170,9 @@ def test_run_summary_flags_the_budgets(load_script):
     row = {"status": "ok", "figures": {}, "error": ""}
     within = runner.format_table([{**row, "notebook": n, "seconds": 100.0} for n in "abc"])
     assert "over" not in within
-    over = runner.format_table([{**row, "notebook": n, "seconds": s} for n, s in (("a", 121.0), ("b", 90.0), ("c", 90.0))])
+    over = runner.format_table(
+        [{**row, "notebook": n, "seconds": s} for n, s in (("a", 121.0), ("b", 90.0), ("c", 90.0))]
+    )
     assert "| 121.0 (over 120 s budget) |" in over and "| 301.0 (over 300 s budget) |" in over
     assert "| 90.0 | ok |" in over
 
@@ -164,17 +181,25 @@ def test_run_summary_flags_the_budgets(load_script):
 def test_no_progress_bar_widgets_in_stored_outputs(path):
     """A headless run draws no tqdm widget (a stored one shows as a frozen 0 % bar on GitHub and in the HTML)."""
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    widgets = [index for index, cell in enumerate(cells) if cell["cell_type"] == "code"
-               for output in cell.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
-               and re.search(r"\d+%\|", "".join(output["data"].get("text/plain", "")))]   # a tqdm bar, not a widget
+    widgets = [
+        index
+        for index, cell in enumerate(cells)
+        if cell["cell_type"] == "code"
+        for output in cell.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        and re.search(r"\d+%\|", "".join(output["data"].get("text/plain", "")))
+    ]  # a tqdm bar, not a widget
     assert not widgets, widgets
 
 
 def test_one_word_for_the_course_material():
     """The course's source material is '讲义' (code: 'slides'); '种子' alone would read as a random seed."""
     sources = list(NOTEBOOKS) + list((ROOT / "slides").glob("*.md")) + [ROOT / "README.md"]
-    clashes = [(path.name, match.group(0)) for path in sources
-               for match in re.finditer(r".{0,6}(?<!随机)种子.{0,6}", path.read_text(encoding="utf-8"))]
+    clashes = [
+        (path.name, match.group(0))
+        for path in sources
+        for match in re.finditer(r".{0,6}(?<!随机)种子.{0,6}", path.read_text(encoding="utf-8"))
+    ]
     assert not clashes, clashes[:5]
     code = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "course_utils").glob("*.py"))
     assert not re.search(r"\bseeds?_(table|formula|preprocess)", code)
@@ -184,7 +209,9 @@ def test_one_word_for_the_course_material():
 def test_no_cell_relies_on_a_trailing_semicolon(path):
     """Jupyter hides a value after `;`, nbval does not: such a cell fails strict nbval. Assign the value instead."""
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    ending = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and "".join(c["source"]).rstrip().endswith(";")]
+    ending = [
+        i for i, c in enumerate(cells) if c["cell_type"] == "code" and "".join(c["source"]).rstrip().endswith(";")
+    ]
     assert not ending, ending
 
 
@@ -192,8 +219,11 @@ def test_no_code_passes_the_removed_safe_serialization_argument():
     """transformers 5 removed `save_pretrained(safe_serialization=...)` and swallows it silently (notebook 05 shows it);
     safetensors is the default in transformers and PEFT, so the project's code does not pass it."""
     files = [*ROOT.glob("course_utils/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py")]
-    offenders = [str(p.relative_to(ROOT)) for p in files if p.name != "test_project.py"
-                 and "safe_serialization=" in p.read_text(encoding="utf-8")]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in files
+        if p.name != "test_project.py" and "safe_serialization=" in p.read_text(encoding="utf-8")
+    ]
     assert not offenders, offenders
 
 

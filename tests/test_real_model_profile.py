@@ -39,9 +39,13 @@ MODEL_NOTEBOOKS = [n for n in NOTEBOOKS if memory.notebook_profiles()[n]["uses_m
 
 #: (notebook, stand-in) pairs: each notebook's ``standin_kinds`` in configs/notebook_profiles.json (reasons in its
 #: ``_doc``), every stand-in for a notebook that names none or with ``WORKBOOK_STANDINS=all``.
-STANDIN_RUNS = [(notebook, kind) for notebook in MODEL_NOTEBOOKS for kind in models.STANDIN_KINDS
-                if os.environ.get("WORKBOOK_STANDINS") == "all"
-                or kind in memory.notebook_profiles()[notebook].get("standin_kinds", models.STANDIN_KINDS)]
+STANDIN_RUNS = [
+    (notebook, kind)
+    for notebook in MODEL_NOTEBOOKS
+    for kind in models.STANDIN_KINDS
+    if os.environ.get("WORKBOOK_STANDINS") == "all"
+    or kind in memory.notebook_profiles()[notebook].get("standin_kinds", models.STANDIN_KINDS)
+]
 
 
 @pytest.fixture(scope="session")
@@ -135,7 +139,7 @@ def test_greedy_evaluation_ignores_the_checkpoint_sampling_config(standins):
         ids = torch.tensor([sft.prompt_ids(prompts[0], tokenizer)])
         for _ in range(6):
             ids = torch.cat([ids, model(input_ids=ids).logits[:, -1:].argmax(-1)], dim=1)
-    by_hand = ids[0, len(sft.prompt_ids(prompts[0], tokenizer)):].tolist()
+    by_hand = ids[0, len(sft.prompt_ids(prompts[0], tokenizer)) :].tolist()
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     by_hand = by_hand[: by_hand.index(im_end)] if im_end in by_hand else by_hand
     assert first == [tokenizer.decode(by_hand, skip_special_tokens=True).strip()]
@@ -173,8 +177,17 @@ def test_title_cells_state_the_predicted_gpu_memory():
 # ----------------------------------------------------------------------------------- every notebook, stand-ins
 def run_notebook(notebook: str, model: Path, out: Path) -> dict:
     environment = env.child_environment(WORKBOOK_FIGURES_DIR=str(out / "figures"))
-    cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "run_notebooks.py"), "--out", str(out), "--profile",
-           "standin", "--model", str(model), str(PROJECT_ROOT / "notebooks" / f"{notebook}.ipynb")]
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "scripts" / "run_notebooks.py"),
+        "--out",
+        str(out),
+        "--profile",
+        "standin",
+        "--model",
+        str(model),
+        str(PROJECT_ROOT / "notebooks" / f"{notebook}.ipynb"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=environment, cwd=PROJECT_ROOT, timeout=900)
     rows = json.loads((out / "summary.json").read_text(encoding="utf-8")) if (out / "summary.json").exists() else []
     if done.returncode != 0 or not rows or rows[0]["status"] != "ok":

@@ -26,9 +26,11 @@ CONVERSATIONS = {
         {"role": "assistant", "content": "洛萨河流经柯丽兰。"},
     ],
     "one_char_reply": [{"role": "user", "content": "First letter of dog?"}, {"role": "assistant", "content": "d"}],
-    "long": [{"role": "system", "content": "Answer briefly. " * 6},
-             {"role": "user", "content": "Tell me the capital of Soria, please, in one word."},
-             {"role": "assistant", "content": "Valmont is the capital."}],
+    "long": [
+        {"role": "system", "content": "Answer briefly. " * 6},
+        {"role": "user", "content": "Tell me the capital of Soria, please, in one word."},
+        {"role": "assistant", "content": "Valmont is the capital."},
+    ],
 }
 
 
@@ -76,11 +78,22 @@ def test_trl_collated_labels_equal(tokenizer):
     max_length = 30
     conversations = list(CONVERSATIONS.values())
     model = models.build_model("tiny", tokenizer, seed=0)
-    args = SFTConfig(output_dir=str(PROJECT_ROOT / ".cache" / "test_trl_sft"), assistant_only_loss=True,
-                     max_length=max_length, per_device_train_batch_size=2, report_to="none", disable_tqdm=True,
-                     use_cpu=True, shuffle_dataset=False)
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                         train_dataset=datasets.Dataset.from_list([{"messages": m} for m in conversations]))
+    args = SFTConfig(
+        output_dir=str(PROJECT_ROOT / ".cache" / "test_trl_sft"),
+        assistant_only_loss=True,
+        max_length=max_length,
+        per_device_train_batch_size=2,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        shuffle_dataset=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=datasets.Dataset.from_list([{"messages": m} for m in conversations]),
+    )
     got = {}
     for batch in trainer.get_train_dataloader():
         for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
@@ -96,8 +109,9 @@ def test_truncation_drops_rows_without_trained_tokens(tokenizer):
     import torch
 
     rows = [CONVERSATIONS["long"], CONVERSATIONS["single"]]
-    first_trained = [next(i for i, label in enumerate(sft.encode_chat(m, tokenizer)["labels"]) if label != IGNORE)
-                     for m in rows]
+    first_trained = [
+        next(i for i, label in enumerate(sft.encode_chat(m, tokenizer)["labels"]) if label != IGNORE) for m in rows
+    ]
     max_length = first_trained[1] + 2
     assert first_trained[0] >= max_length
     encoded, report = sft.encode_rows(rows, tokenizer, max_length=max_length)
@@ -148,8 +162,7 @@ def test_bad_conversations_raise_with_file_line_field(tmp_path):
         {"instruction": "Add.", "input": "1 + 1", "output": 2},
     ]
     good = {"messages": CONVERSATIONS["single"]}
-    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n" + json.dumps(good) + "\n",
-                    encoding="utf-8")
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n" + json.dumps(good) + "\n", encoding="utf-8")
     _, report = sft.load_sft_rows(path, on_error="skip")
     assert report.rows_in == 6 and report.rows_out == 1
     expected = [(1, "messages[0].content"), (2, "messages"), (3, "conversations[1].from"), (4, "output")]
@@ -179,16 +192,27 @@ def test_formats_convert_to_one_form():
     assert sft.alpaca_to_messages({"instruction": "Hi", "input": "", "output": "Hello"})[0]["content"] == "Hi"
     with_history = sft.alpaca_to_messages({"instruction": "b?", "output": "B", "history": [["a?", "A"]]})
     assert [m["role"] for m in with_history] == ["user", "assistant", "user", "assistant"]
-    sharegpt = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"},
-                                  {"from": "gpt", "value": "A"}]}
-    messages = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
-                             {"role": "assistant", "content": "A"}]}
+    sharegpt = {
+        "conversations": [
+            {"from": "system", "value": "S"},
+            {"from": "human", "value": "Q"},
+            {"from": "gpt", "value": "A"},
+        ]
+    }
+    messages = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "A"},
+        ]
+    }
     assert sft.to_messages(sharegpt) == sft.to_messages(messages) == messages["messages"]
     assert sft.detect_format(alpaca) == "alpaca"
 
     info = sft.load_dataset_info(PROJECT_ROOT / "configs" / "dataset_info.json")
-    rows, reports = sft.load_named_datasets("sharegpt_sample,sft_messages,tasks_train", PROJECT_ROOT / "configs" /
-                                            "dataset_info.json", DATA_DIR, limit=5)
+    rows, reports = sft.load_named_datasets(
+        "sharegpt_sample,sft_messages,tasks_train", PROJECT_ROOT / "configs" / "dataset_info.json", DATA_DIR, limit=5
+    )
     assert len(rows) == 15 and all(r.rows_out == 5 for r in reports)
     assert {"tasks_train", "tasks_test", "sft_messages", "sharegpt_sample"} <= set(info)
     task_row = json.loads((DATA_DIR / "tasks_train.jsonl").read_text(encoding="utf-8").splitlines()[0])
@@ -240,7 +264,8 @@ def test_generate_and_accuracy_on_tiny_sft(tiny_sft):
 def test_script_parses_llamafactory_yaml(tmp_path, load_script):
     script = load_script("sft")
     model_args, data_args, ft_args, training_args = script.parse_arguments(
-        [str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"), "--max_steps", "7", "--output_dir", str(tmp_path)])
+        [str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"), "--max_steps", "7", "--output_dir", str(tmp_path)]
+    )
     assert model_args.model_name_or_path == "tiny-base" and model_args.template == "chatml"
     assert ft_args.stage == "sft" and ft_args.finetuning_type == "lora" and ft_args.lora_target == "all"
     assert ft_args.lora_rank == 8 and ft_args.merge_lora is True
@@ -271,12 +296,29 @@ def test_lora_run_saves_a_merged_model_and_its_adapter(tmp_path, load_script):
     data = tmp_path / "data"
     data.mkdir()
     rows = [json.loads(line) for line in islice(open(DATA_DIR / "tasks_train.jsonl", encoding="utf-8"), 16)]
-    (data / "tasks_train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                            encoding="utf-8")
+    (data / "tasks_train.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     out = tmp_path / "out"
-    script.main([str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"), "--dataset", "tasks_train", "--dataset_dir",
-                 str(data), "--eval_tasks", "", "--max_steps", "2", "--warmup_steps", "0", "--logging_steps", "1",
-                 "--output_dir", str(out)])
+    script.main(
+        [
+            str(PROJECT_ROOT / "configs" / "sft_tiny.yaml"),
+            "--dataset",
+            "tasks_train",
+            "--dataset_dir",
+            str(data),
+            "--eval_tasks",
+            "",
+            "--max_steps",
+            "2",
+            "--warmup_steps",
+            "0",
+            "--logging_steps",
+            "1",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()  # full weights
     assert (out / "adapter" / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -290,8 +332,13 @@ def test_lora_run_saves_a_merged_model_and_its_adapter(tmp_path, load_script):
         assert not torch.allclose(merged(ids).logits, base_logits, atol=1e-4)  # the two steps changed the model
     metadata = json.loads((out / "metadata.json").read_text(encoding="utf-8"))  # train.write_metadata's layout
     assert list(metadata)[:4] == ["arguments", "data", "git_commit", "versions"] and "peft" in metadata["versions"]
-    assert metadata["data"] == [{"path": "tasks_train.jsonl", "bytes": (data / "tasks_train.jsonl").stat().st_size,
-                                 "sha256": file_sha256(data / "tasks_train.jsonl")}]
+    assert metadata["data"] == [
+        {
+            "path": "tasks_train.jsonl",
+            "bytes": (data / "tasks_train.jsonl").stat().st_size,
+            "sha256": file_sha256(data / "tasks_train.jsonl"),
+        }
+    ]
     assert metadata["command"].startswith("python scripts/sft.py ") and len(metadata["train_loss_history"]) == 2
 
 
@@ -323,8 +370,18 @@ def test_stop_after_steps_keeps_the_schedule(tokenizer):
     for stop in (None, 2):
         env.seed_everything(0)
         model = models.build_model("tiny", vocab_size=len(tokenizer))
-        result = sft.train_sft(model, tokenizer, rows, max_steps=4, batch_size=4, logging_steps=1,
-                               learning_rate=1e-3, warmup_steps=1, device="cpu", stop_after_steps=stop)
+        result = sft.train_sft(
+            model,
+            tokenizer,
+            rows,
+            max_steps=4,
+            batch_size=4,
+            logging_steps=1,
+            learning_rate=1e-3,
+            warmup_steps=1,
+            device="cpu",
+            stop_after_steps=stop,
+        )
         losses[stop] = result.losses
     assert len(losses[2]) == 2 and len(losses[None]) == 4
     assert losses[2] == losses[None][:2]

@@ -54,8 +54,10 @@ def test_round_trip(tokenizer):
 
 def test_chat_template_rendering(tokenizer):
     text = tokenizer.apply_chat_template(MESSAGES, tokenize=False)
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n托波里亚的首都是哪里？<|im_end|>\n"
-                    "<|im_start|>assistant\n佐基港。<|im_end|>\n")
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n托波里亚的首都是哪里？<|im_end|>\n"
+        "<|im_start|>assistant\n佐基港。<|im_end|>\n"
+    )
     prompt = tokenizer.apply_chat_template(MESSAGES[:-1], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|im_start|>assistant\n") and text.startswith(prompt)
 
@@ -86,8 +88,10 @@ def test_template_consistency_helpers(tokenizer):
 def test_eos_label_kept_detects_pad_equals_eos(tokenizer):
     from transformers import DataCollatorForLanguageModeling
 
-    features = [{"input_ids": render_with_template(tokenizer, MESSAGES)},
-                {"input_ids": render_with_template(tokenizer, MESSAGES[1:])}]
+    features = [
+        {"input_ids": render_with_template(tokenizer, MESSAGES)},
+        {"input_ids": render_with_template(tokenizer, MESSAGES[1:])},
+    ]
     good = DataCollatorForLanguageModeling(tokenizer, mlm=False)(features)
     assert all(eos_label_kept(good["labels"][i].tolist(), good["input_ids"][i].tolist(), 2) for i in range(2))
     bad_tokenizer = wrap_tokenizer(tokenizer.backend_tokenizer)
@@ -117,7 +121,9 @@ def test_save_and_load_tiny_tokenizer(tokenizer, tmp_path):
     loaded = load_tiny_tokenizer(tmp_path)
     assert loaded(TEXTS[0])["input_ids"] == tokenizer(TEXTS[0])["input_ids"]
     assert loaded.pad_token_id == 3 and loaded.eos_token_id == 2
-    assert loaded.apply_chat_template(MESSAGES, tokenize=False) == tokenizer.apply_chat_template(MESSAGES, tokenize=False)
+    assert loaded.apply_chat_template(MESSAGES, tokenize=False) == tokenizer.apply_chat_template(
+        MESSAGES, tokenize=False
+    )
     with pytest.raises(FileNotFoundError, match="make_tiny_base"):
         load_tiny_tokenizer(tmp_path / "missing")
 
@@ -147,7 +153,7 @@ def test_training_template_decision():
     assert not tok.has_generation_markers("{{ messages[0]['content'] }}") and not tok.has_generation_markers(None)
     tiny = tok.load_tiny_tokenizer()
     assert tok.use_training_template(tiny) == "model" and tiny.chat_template == tok.CHAT_TEMPLATE
-    tiny.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"   # a template without markers
+    tiny.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # a template without markers
     with __import__("pytest").raises(ValueError, match="generation"):
         tok.require_generation_markers(tiny)
     assert tok.use_training_template(tiny) == "chatml" and tiny.chat_template == tok.CHAT_TEMPLATE

@@ -103,8 +103,9 @@ def generate_all(out_dir: Path, seed: int = DEFAULT_SEED, scale: float = 1.0) ->
     write_jsonl(paths["tasks_test"], te)
     rows, manifest = make_alpaca(seed, scale)
     write_jsonl(paths["alpaca_raw"], rows)
-    paths["alpaca_manifest"].write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n",
-                                        encoding="utf-8", newline="\n")
+    paths["alpaca_manifest"].write_text(
+        json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8", newline="\n"
+    )
     write_jsonl(paths["sft_messages"], make_sft_messages(seed, scale))
     write_jsonl(paths["sharegpt"], make_sharegpt(seed, scale))
     ptr, pte = make_preference_pairs(seed, scale)

@@ -51,61 +51,108 @@ _PARALLEL_FACTS: tuple[tuple[str, str], ...] = (
 
 
 _GLOSSARY: tuple[tuple[str, str, str, str], ...] = (
-    ("a tokenizer", "分词器",
-     "A tokenizer splits text into small units called tokens and maps each token to an integer id. The model only ever sees these ids.",
-     "分词器把文本切分成称为词元的小单位，并把每个词元映射为一个整数编号。模型看到的只是这些编号。"),
-    ("the learning rate", "学习率",
-     "The learning rate controls how big each update step of the weights is. Too large a value makes training unstable; too small a value makes it slow.",
-     "学习率决定每次更新权重时步子迈多大。太大训练会不稳定，太小训练会很慢。"),
-    ("overfitting", "过拟合",
-     "Overfitting means the model memorises the training data and does worse on new data. A growing gap between training and validation loss is a typical sign.",
-     "过拟合是指模型记住了训练数据，在新数据上表现变差。训练损失和验证损失的差距越来越大是典型信号。"),
-    ("the batch size", "批大小",
-     "The batch size is the number of samples processed together in one step. Larger batches give smoother gradients but need more memory.",
-     "批大小是一步中一起处理的样本数量。批越大梯度越平滑，但需要更多显存。"),
-    ("LoRA", "LoRA",
-     "LoRA freezes the original weights and learns a low-rank update made of two small matrices. Only these small matrices are trained.",
-     "LoRA冻结原始权重，只学习由两个小矩阵组成的低秩增量。训练时只更新这两个小矩阵。"),
-    ("gradient accumulation", "梯度累积",
-     "Gradient accumulation adds up gradients over several small batches before one optimizer step. It simulates a larger batch without more memory.",
-     "梯度累积把几个小批次的梯度加起来，再做一次优化器更新。它用较少的显存模拟更大的批。"),
-    ("a loss function", "损失函数",
-     "A loss function measures how wrong the model's predictions are. Training tries to make this number smaller.",
-     "损失函数衡量模型的预测错得有多厉害。训练的目标就是让这个数变小。"),
-    ("an epoch", "轮次",
-     "An epoch is one full pass over the training data. Small datasets are often trained for several epochs.",
-     "一个轮次是把训练数据完整地过一遍。小数据集通常会训练好几个轮次。"),
-    ("a validation set", "验证集",
-     "A validation set is data held out from training and used to check the model during training. It must not overlap with the training data.",
-     "验证集是从训练中留出来的数据，用来在训练过程中检查模型。它不能和训练数据重叠。"),
-    ("mixed precision", "混合精度",
-     "Mixed precision runs most computations in 16-bit numbers while keeping a 32-bit copy of the weights. It saves memory and time.",
-     "混合精度用16位数做大部分计算，同时保留一份32位的权重副本。这样可以节省显存和时间。"),
-    ("a chat template", "对话模板",
-     "A chat template turns a list of messages into one string with role markers. Training and inference must use the same template.",
-     "对话模板把一组消息拼成带有角色标记的一个字符串。训练和推理必须使用同一个模板。"),
-    ("label masking", "标签掩码",
-     "Label masking sets the labels of prompt tokens to -100 so that the loss is only computed on the answer tokens.",
-     "标签掩码把提示部分词元的标签设为-100，这样损失只在回答部分计算。"),
-    ("deduplication", "去重",
-     "Deduplication removes repeated samples from a dataset. Repeated samples waste compute and can make the model memorise them.",
-     "去重就是删除数据集中重复的样本。重复样本浪费算力，还会让模型死记硬背。"),
-    ("a checkpoint", "检查点",
-     "A checkpoint is a saved copy of the model weights and training state. It lets you resume training or evaluate later.",
-     "检查点是保存下来的模型权重和训练状态。有了它可以继续训练或稍后评估。"),
-    ("perplexity", "困惑度",
-     "Perplexity is the exponential of the average token loss. Lower perplexity means the model is less surprised by the text.",
-     "困惑度是平均词元损失的指数。困惑度越低，说明模型对文本越不意外。"),
-    ("a reward model", "奖励模型",
-     "A reward model gives a score to an answer. It is trained on pairs where one answer is preferred over the other.",
-     "奖励模型给一个回答打分。它用成对数据训练，每对里有一个回答更受偏好。"),
+    (
+        "a tokenizer",
+        "分词器",
+        "A tokenizer splits text into small units called tokens and maps each token to an integer id. The model only ever sees these ids.",
+        "分词器把文本切分成称为词元的小单位，并把每个词元映射为一个整数编号。模型看到的只是这些编号。",
+    ),
+    (
+        "the learning rate",
+        "学习率",
+        "The learning rate controls how big each update step of the weights is. Too large a value makes training unstable; too small a value makes it slow.",
+        "学习率决定每次更新权重时步子迈多大。太大训练会不稳定，太小训练会很慢。",
+    ),
+    (
+        "overfitting",
+        "过拟合",
+        "Overfitting means the model memorises the training data and does worse on new data. A growing gap between training and validation loss is a typical sign.",
+        "过拟合是指模型记住了训练数据，在新数据上表现变差。训练损失和验证损失的差距越来越大是典型信号。",
+    ),
+    (
+        "the batch size",
+        "批大小",
+        "The batch size is the number of samples processed together in one step. Larger batches give smoother gradients but need more memory.",
+        "批大小是一步中一起处理的样本数量。批越大梯度越平滑，但需要更多显存。",
+    ),
+    (
+        "LoRA",
+        "LoRA",
+        "LoRA freezes the original weights and learns a low-rank update made of two small matrices. Only these small matrices are trained.",
+        "LoRA冻结原始权重，只学习由两个小矩阵组成的低秩增量。训练时只更新这两个小矩阵。",
+    ),
+    (
+        "gradient accumulation",
+        "梯度累积",
+        "Gradient accumulation adds up gradients over several small batches before one optimizer step. It simulates a larger batch without more memory.",
+        "梯度累积把几个小批次的梯度加起来，再做一次优化器更新。它用较少的显存模拟更大的批。",
+    ),
+    (
+        "a loss function",
+        "损失函数",
+        "A loss function measures how wrong the model's predictions are. Training tries to make this number smaller.",
+        "损失函数衡量模型的预测错得有多厉害。训练的目标就是让这个数变小。",
+    ),
+    (
+        "an epoch",
+        "轮次",
+        "An epoch is one full pass over the training data. Small datasets are often trained for several epochs.",
+        "一个轮次是把训练数据完整地过一遍。小数据集通常会训练好几个轮次。",
+    ),
+    (
+        "a validation set",
+        "验证集",
+        "A validation set is data held out from training and used to check the model during training. It must not overlap with the training data.",
+        "验证集是从训练中留出来的数据，用来在训练过程中检查模型。它不能和训练数据重叠。",
+    ),
+    (
+        "mixed precision",
+        "混合精度",
+        "Mixed precision runs most computations in 16-bit numbers while keeping a 32-bit copy of the weights. It saves memory and time.",
+        "混合精度用16位数做大部分计算，同时保留一份32位的权重副本。这样可以节省显存和时间。",
+    ),
+    (
+        "a chat template",
+        "对话模板",
+        "A chat template turns a list of messages into one string with role markers. Training and inference must use the same template.",
+        "对话模板把一组消息拼成带有角色标记的一个字符串。训练和推理必须使用同一个模板。",
+    ),
+    (
+        "label masking",
+        "标签掩码",
+        "Label masking sets the labels of prompt tokens to -100 so that the loss is only computed on the answer tokens.",
+        "标签掩码把提示部分词元的标签设为-100，这样损失只在回答部分计算。",
+    ),
+    (
+        "deduplication",
+        "去重",
+        "Deduplication removes repeated samples from a dataset. Repeated samples waste compute and can make the model memorise them.",
+        "去重就是删除数据集中重复的样本。重复样本浪费算力，还会让模型死记硬背。",
+    ),
+    (
+        "a checkpoint",
+        "检查点",
+        "A checkpoint is a saved copy of the model weights and training state. It lets you resume training or evaluate later.",
+        "检查点是保存下来的模型权重和训练状态。有了它可以继续训练或稍后评估。",
+    ),
+    (
+        "perplexity",
+        "困惑度",
+        "Perplexity is the exponential of the average token loss. Lower perplexity means the model is less surprised by the text.",
+        "困惑度是平均词元损失的指数。困惑度越低，说明模型对文本越不意外。",
+    ),
+    (
+        "a reward model",
+        "奖励模型",
+        "A reward model gives a score to an answer. It is trained on pairs where one answer is preferred over the other.",
+        "奖励模型给一个回答打分。它用成对数据训练，每对里有一个回答更受偏好。",
+    ),
 )
 
 
 def _alpaca_clean_candidates(rng: random.Random, world: list[Country], lang: str) -> dict[str, Any]:
     """One random clean Alpaca row (may repeat; caller de-duplicates)."""
-    cat = rng.choice(("qa_world", "qa_world", "list", "explain", "rewrite", "translate",
-                      "math", "howto", "story"))
+    cat = rng.choice(("qa_world", "qa_world", "list", "explain", "rewrite", "translate", "math", "howto", "story"))
     c = rng.choice(world)
     s = slots(c, lang)
     en = lang == "en"
@@ -123,18 +170,23 @@ def _alpaca_clean_candidates(rng: random.Random, world: list[Country], lang: str
     if cat == "list":
         attrs = rng.sample(list(FACT_TEMPLATES[lang]), 3)
         lines = [f"{i + 1}. {FACT_TEMPLATES[lang][a][0].format(**s)}" for i, a in enumerate(attrs)]
-        ins = rng.choice(("List three facts about {name}.", "Give me three facts about {name}.") if en
-                         else ("列出关于{name}的三个事实。", "请给出{name}的三条信息。")).format(**s)
+        ins = rng.choice(
+            ("List three facts about {name}.", "Give me three facts about {name}.")
+            if en
+            else ("列出关于{name}的三个事实。", "请给出{name}的三条信息。")
+        ).format(**s)
         return dict(instruction=ins, input="", output="\n".join(lines), category=cat, _key=("list", c.id, lang))
     if cat == "explain":
         term_en, term_zh, def_en, def_zh = rng.choice(_GLOSSARY)
         if en:
             ins = rng.choice(("Explain what {t} is.", "Briefly explain {t}.", "What is {t} in machine learning?"))
-            return dict(instruction=ins.format(t=term_en), input="", output=def_en, category=cat,
-                        _key=("explain", term_en))
+            return dict(
+                instruction=ins.format(t=term_en), input="", output=def_en, category=cat, _key=("explain", term_en)
+            )
         ins = rng.choice(("解释一下什么是{t}。", "简要说明{t}。", "{t}是什么意思？"))
-        return dict(instruction=ins.format(t=term_zh), input="", output=def_zh, category=cat,
-                    _key=("explain", term_zh + "/zh"))
+        return dict(
+            instruction=ins.format(t=term_zh), input="", output=def_zh, category=cat, _key=("explain", term_zh + "/zh")
+        )
     if cat == "rewrite":
         if rng.random() < 0.5:
             if en:
@@ -184,8 +236,11 @@ def _alpaca_clean_candidates(rng: random.Random, world: list[Country], lang: str
         return dict(instruction=ins, input="", output=out, category=cat)
     # story
     story = story_doc(rng, world, lang, country=c)
-    ins = rng.choice(("Write a short story set in {name}.", "Tell me a short story about a trip to {name}.")
-                     if en else ("写一个发生在{name}的小故事。", "讲一个去{name}旅行的小故事。"))
+    ins = rng.choice(
+        ("Write a short story set in {name}.", "Tell me a short story about a trip to {name}.")
+        if en
+        else ("写一个发生在{name}的小故事。", "讲一个去{name}旅行的小故事。")
+    )
     return dict(instruction=ins.format(**s), input="", output=story, category="story")
 
 
@@ -197,9 +252,15 @@ _WRONG_LANG = (
     ("ko", "{a} 더하기 {b}의 값은 얼마인가요?", "{a} 더하기 {b}의 값은 {c}입니다."),
 )
 _DIRTY_FRACTIONS: dict[str, tuple[int, int]] = {  # kind -> (numerator, denominator) of total rows
-    "exact_duplicate": (3, 100), "near_duplicate": (3, 100), "empty_output": (3, 200),
-    "too_short": (3, 200), "pii": (3, 100), "mojibake": (2, 100), "nfkc": (3, 100),
-    "banned_word": (2, 100), "wrong_language": (3, 200),
+    "exact_duplicate": (3, 100),
+    "near_duplicate": (3, 100),
+    "empty_output": (3, 200),
+    "too_short": (3, 200),
+    "pii": (3, 100),
+    "mojibake": (2, 100),
+    "nfkc": (3, 100),
+    "banned_word": (2, 100),
+    "wrong_language": (3, 200),
 }
 
 
@@ -241,8 +302,15 @@ def make_alpaca(seed: int, scale: float) -> tuple[list[dict[str, str]], dict[str
         if any(k in seen for k in keys) or task_prompt(row) in test_prompts:
             continue
         seen.update(keys)
-        base.append({"instruction": row["instruction"], "input": row["input"],
-                     "output": row["output"], "category": row["category"], "_lang": lang})
+        base.append(
+            {
+                "instruction": row["instruction"],
+                "input": row["input"],
+                "output": row["output"],
+                "category": row["category"],
+                "_lang": lang,
+            }
+        )
     rng.shuffle(base)
 
     # choose which base rows get which in-place dirt; duplicate sources stay clean
@@ -253,9 +321,17 @@ def make_alpaca(seed: int, scale: float) -> tuple[list[dict[str, str]], dict[str
     rng.shuffle(rest)
     assign: dict[int, str] = {i: "mojibake" for i in moj}
     pos = 0
-    for kind in ("exact_duplicate", "near_duplicate", "empty_output", "too_short", "pii", "nfkc",
-                 "banned_word", "wrong_language"):
-        for i in rest[pos:pos + counts[kind]]:
+    for kind in (
+        "exact_duplicate",
+        "near_duplicate",
+        "empty_output",
+        "too_short",
+        "pii",
+        "nfkc",
+        "banned_word",
+        "wrong_language",
+    ):
+        for i in rest[pos : pos + counts[kind]]:
             assign[i] = kind
         pos += counts[kind]
 
@@ -307,10 +383,13 @@ def make_alpaca(seed: int, scale: float) -> tuple[list[dict[str, str]], dict[str
             style = rng.choice(("cn_dash", "cn_plain", "cn_plus86", "us", "uk"))
             d4 = lambda: f"{rng.randint(0, 9999):04d}"  # noqa: E731
             pre = f"1{rng.choice('3456789')}{rng.randint(0, 9)}"
-            phone = {"cn_dash": f"{pre}-{d4()}-{d4()}", "cn_plain": f"{pre}{d4()}{d4()}",
-                     "cn_plus86": f"+86 {pre} {d4()} {d4()}",
-                     "us": f"+1 415-555-01{rng.randint(0, 99):02d}",
-                     "uk": f"+44 20 7946 0{rng.randint(0, 999):03d}"}[style]
+            phone = {
+                "cn_dash": f"{pre}-{d4()}-{d4()}",
+                "cn_plain": f"{pre}{d4()}{d4()}",
+                "cn_plus86": f"+86 {pre} {d4()} {d4()}",
+                "us": f"+1 415-555-01{rng.randint(0, 99):02d}",
+                "uk": f"+44 20 7946 0{rng.randint(0, 999):03d}",
+            }[style]
             if en:
                 r["output"] += f" If you have questions, e-mail me at {email} or call {phone}."
             else:
@@ -351,8 +430,7 @@ def make_alpaca(seed: int, scale: float) -> tuple[list[dict[str, str]], dict[str
                 if (a, b) not in wl_used:
                     wl_used.add((a, b))
                     break
-            r.update(instruction=q.format(a=a, b=b), input="", output=a_tpl.format(a=a, b=b, c=a + b),
-                     category="math")
+            r.update(instruction=q.format(a=a, b=b), input="", output=a_tpl.format(a=a, b=b, c=a + b), category="math")
             details[i] = {"kind": kind, "language": code}
 
     # order: base rows keep their order; duplicates go somewhere after their source
@@ -372,8 +450,15 @@ def make_alpaca(seed: int, scale: float) -> tuple[list[dict[str, str]], dict[str
     det_out: dict[str, dict[str, Any]] = {}
     for n, (_key, r, det, src) in enumerate(keyed):
         rid = f"alp-{n + 1:05d}"
-        rows.append({"id": rid, "instruction": r["instruction"], "input": r["input"],
-                     "output": r["output"], "category": r["category"]})
+        rows.append(
+            {
+                "id": rid,
+                "instruction": r["instruction"],
+                "input": r["input"],
+                "output": r["output"],
+                "category": r["category"],
+            }
+        )
         if det is not None:
             det = dict(det)
             if src is not None:
@@ -382,8 +467,8 @@ def make_alpaca(seed: int, scale: float) -> tuple[list[dict[str, str]], dict[str
             det_out[rid] = det
     manifest = {
         "description": "Ids of the dirty rows injected into alpaca_raw.jsonl, by kind. "
-                       "Rows not listed are clean. 'of' names the original of a duplicate "
-                       "(the original always comes first in the file).",
+        "Rows not listed are clean. 'of' names the original of a duplicate "
+        "(the original always comes first in the file).",
         "seed": seed,
         "n_rows": len(rows),
         "n_clean": len(rows) - sum(len(v) for v in kinds.values()),

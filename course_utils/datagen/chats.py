@@ -15,29 +15,44 @@ _N_SHAREGPT = 50
 
 
 _SYSTEM = {
-    "en": ("You are a helpful assistant.", "You are a concise assistant. Answer briefly.",
-           "You are a friendly tutor who knows the geography of the fictional world.",
-           "Answer every question accurately and keep the answer short."),
-    "zh": ("你是一个乐于助人的助手。", "你是一个简洁的助手，回答要简短。",
-           "你是一位熟悉虚构世界地理的老师。", "请准确回答每个问题，答案尽量简短。"),
+    "en": (
+        "You are a helpful assistant.",
+        "You are a concise assistant. Answer briefly.",
+        "You are a friendly tutor who knows the geography of the fictional world.",
+        "Answer every question accurately and keep the answer short.",
+    ),
+    "zh": (
+        "你是一个乐于助人的助手。",
+        "你是一个简洁的助手，回答要简短。",
+        "你是一位熟悉虚构世界地理的老师。",
+        "请准确回答每个问题，答案尽量简短。",
+    ),
 }
 _WORLD_QA = {
-    "en": (("currency", "What currency is used in {name}?", "The currency of {name} is the {currency}."),
-           ("river", "Which river flows through {name}?", "The {river} flows through {name}."),
-           ("founded", "When was {name} founded?", "{name} was founded in {founded}."),
-           ("food", "What should I eat in {name}?", "Try {food}, a famous dish of {name}."),
-           ("about", "Tell me about {name}.", "The capital of {name} is {capital}. Its currency is the {currency}, "
-                                              "and the {river} flows through it.")),
-    "zh": (("currency", "{name}使用什么货币？", "{name}的货币是{currency}。"),
-           ("river", "哪条河流经{name}？", "{river}流经{name}。"),
-           ("founded", "{name}是哪一年建立的？", "{name}建立于{founded}年。"),
-           ("food", "在{name}应该吃什么？", "可以尝尝{food}，这是{name}的名菜。"),
-           ("about", "介绍一下{name}。", "{name}的首都是{capital}，货币是{currency}，{river}流经这个国家。")),
+    "en": (
+        ("currency", "What currency is used in {name}?", "The currency of {name} is the {currency}."),
+        ("river", "Which river flows through {name}?", "The {river} flows through {name}."),
+        ("founded", "When was {name} founded?", "{name} was founded in {founded}."),
+        ("food", "What should I eat in {name}?", "Try {food}, a famous dish of {name}."),
+        (
+            "about",
+            "Tell me about {name}.",
+            "The capital of {name} is {capital}. Its currency is the {currency}, and the {river} flows through it.",
+        ),
+    ),
+    "zh": (
+        ("currency", "{name}使用什么货币？", "{name}的货币是{currency}。"),
+        ("river", "哪条河流经{name}？", "{river}流经{name}。"),
+        ("founded", "{name}是哪一年建立的？", "{name}建立于{founded}年。"),
+        ("food", "在{name}应该吃什么？", "可以尝尝{food}，这是{name}的名菜。"),
+        ("about", "介绍一下{name}。", "{name}的首都是{capital}，货币是{currency}，{river}流经这个国家。"),
+    ),
 }
 
 
-def _chat_rounds(rng: random.Random, world: list[Country], by_lang: dict[str, list[dict[str, str]]],
-                 lang: str) -> list[dict[str, str]]:
+def _chat_rounds(
+    rng: random.Random, world: list[Country], by_lang: dict[str, list[dict[str, str]]], lang: str
+) -> list[dict[str, str]]:
     msgs: list[dict[str, str]] = []
     if rng.random() < 0.6:
         msgs.append({"role": "system", "content": rng.choice(_SYSTEM[lang])})
@@ -82,7 +97,7 @@ def make_sharegpt(seed: int = DEFAULT_SEED, scale: float = 1.0) -> list[dict[str
     """ShareGPT rows ``{"id", "conversations": [{"from": system|human|gpt, "value"}]}``."""
     role_map = {"system": "system", "user": "human", "assistant": "gpt"}
     rows = _chat_rows(seed, "sharegpt", scaled(_N_SHAREGPT, scale, 5))
-    return [{"id": f"sg-{i + 1:04d}",
-             "conversations": [{"from": role_map[m["role"]], "value": m["content"]} for m in msgs]}
-            for i, (_, msgs) in enumerate(rows)]
-
+    return [
+        {"id": f"sg-{i + 1:04d}", "conversations": [{"from": role_map[m["role"]], "value": m["content"]} for m in msgs]}
+        for i, (_, msgs) in enumerate(rows)
+    ]

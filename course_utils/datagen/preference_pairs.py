@@ -28,8 +28,9 @@ def _wrong_answer(rng: random.Random, row: dict[str, str], world: list[Country],
             cand = f"{a} {'+' if task == 'add' else '-'} {b} = {wrong}"  # the gold reply's form, a wrong result
         elif task == "first_letter":
             w = row["input"]
-            cand = rng.choice((w[-1], w[1] if len(w) > 1 else "x", rng.choice("abcdefghijklmnopqrstuvwxyz"),
-                               w[0].upper() + w[1:]))
+            cand = rng.choice(
+                (w[-1], w[1] if len(w) > 1 else "x", rng.choice("abcdefghijklmnopqrstuvwxyz"), w[0].upper() + w[1:])
+            )
         else:  # the same sentence with another country's capital / currency (or the country's name)
             asked = next(c for c in world if c.get(task, lang) == ans)
             other = slots(rng.choice(pool), lang)
@@ -41,13 +42,17 @@ def _wrong_answer(rng: random.Random, row: dict[str, str], world: list[Country],
 
 
 _VERBOSE = {
-    "en": ("Let me think about this carefully before answering.\nThe answer is {a}.",
-           "That is an interesting question! There are many ways to look at it.\nAnyway, it is {a}."),
+    "en": (
+        "Let me think about this carefully before answering.\nThe answer is {a}.",
+        "That is an interesting question! There are many ways to look at it.\nAnyway, it is {a}.",
+    ),
     "zh": ("让我先仔细想一想这个问题。\n答案是{a}。", "这是个好问题！可以从很多角度来看。\n总之是{a}。"),
 }
 
 
-def make_preference_pairs(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def make_preference_pairs(
+    seed: int = DEFAULT_SEED, scale: float = 1.0
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Return ``(train, test)`` pairs ``{id, task, lang, prompt, chosen, rejected, rejected_kind, answer}``.
 
     Train prompts come from tasks_train only and test prompts from tasks_test only;
@@ -57,7 +62,10 @@ def make_preference_pairs(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple
     train_countries = task_splits(seed)["countries"][0]  # a train pair names no held-out country, not even wrongly
     train, test = make_tasks(seed, 1.0)
     out = []
-    for split, src, n in (("train", train, scaled(_N_PREF_TRAIN, scale, 10)), ("test", test, scaled(_N_PREF_TEST, scale, 5))):
+    for split, src, n in (
+        ("train", train, scaled(_N_PREF_TRAIN, scale, 10)),
+        ("test", test, scaled(_N_PREF_TEST, scale, 5)),
+    ):
         pool = train_countries if split == "train" else world
         rng = stream_rng(seed, f"pref-{split}")
         picked = rng.sample(src, min(n, len(src)))
@@ -69,9 +77,18 @@ def make_preference_pairs(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple
             else:
                 rej = _wrong_answer(rng, t, world, pool)
                 kind = "wrong"
-            rows.append({"id": f"pref-{split}-{i + 1:05d}", "task": t["task"], "lang": t["lang"],
-                         "prompt": task_prompt(t), "chosen": t["output"], "rejected": rej,
-                         "rejected_kind": kind, "answer": t["answer"], "source_id": t["id"]})
+            rows.append(
+                {
+                    "id": f"pref-{split}-{i + 1:05d}",
+                    "task": t["task"],
+                    "lang": t["lang"],
+                    "prompt": task_prompt(t),
+                    "chosen": t["output"],
+                    "rejected": rej,
+                    "rejected_kind": kind,
+                    "answer": t["answer"],
+                    "source_id": t["id"],
+                }
+            )
         out.append(rows)
     return out[0], out[1]
-

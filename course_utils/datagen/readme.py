@@ -20,7 +20,7 @@ def _human_size(n: int) -> str:
 
 
 _SCHEMAS: dict[str, str] = {
-    "pretrain": "`text` str, `lang` \"zh\" or \"en\", `source` \"facts\" / \"arithmetic\" / \"story\" / \"howto\" / \"drill\" / \"qa\" / \"spelling\"",
+    "pretrain": '`text` str, `lang` "zh" or "en", `source` "facts" / "arithmetic" / "story" / "howto" / "drill" / "qa" / "spelling"',
     "tasks_train": "`id`, `task` (one of TASK_TYPES), `lang`, `instruction`, `input`, `output` (gold text), `answer` (canonical)",
     "tasks_test": "same as tasks_train; held out (see below)",
     "alpaca_raw": "`id`, `instruction`, `input`, `output`, `category` — includes injected dirty rows",

@@ -14,18 +14,29 @@ _N_TASKS_TEST = 300
 
 _TASK_INSTR: dict[str, dict[str, tuple[str, ...]]] = {
     "add": {
-        "en": ("Add the two numbers.", "What is the sum?", "Compute the sum of the two numbers.",
-               "Calculate the result."),
+        "en": (
+            "Add the two numbers.",
+            "What is the sum?",
+            "Compute the sum of the two numbers.",
+            "Calculate the result.",
+        ),
         "zh": ("计算两个数的和。", "求和。", "请算出结果。", "两个数相加等于多少？"),
     },
     "sub": {
-        "en": ("Subtract the second number from the first.", "What is the difference?",
-               "Compute the result of the subtraction.", "Calculate the result."),
+        "en": (
+            "Subtract the second number from the first.",
+            "What is the difference?",
+            "Compute the result of the subtraction.",
+            "Calculate the result.",
+        ),
         "zh": ("计算两个数的差。", "求差。", "请算出减法的结果。", "相减等于多少？"),
     },
     "first_letter": {
-        "en": ("What is the first letter of the word? Answer with one letter.",
-               "Give the first letter of this word.", "Which letter does this word start with?"),
+        "en": (
+            "What is the first letter of the word? Answer with one letter.",
+            "Give the first letter of this word.",
+            "Which letter does this word start with?",
+        ),
         "zh": ("这个单词的第一个字母是什么？只回答字母。", "写出这个单词的首字母。", "这个单词以哪个字母开头？"),
     },
     "capital": {
@@ -44,18 +55,29 @@ _TASK_INPUT: dict[str, dict[str, tuple[str, ...]]] = {
 # Fact questions. The countries are split (``task_splits``): a test country's capital and currency are asked in no
 # train file, only stated in the pretraining corpus. Capital phrasings are split as well; test rows use both sets.
 _CURRENCY_Q = {
-    "en": ("What is the currency of {name}?", "Which currency do people use in {name}?",
-           "Name the currency of {name}.", "What money is used in {name}?"),
+    "en": (
+        "What is the currency of {name}?",
+        "Which currency do people use in {name}?",
+        "Name the currency of {name}.",
+        "What money is used in {name}?",
+    ),
     "zh": ("{name}的货币是什么？", "{name}使用哪种货币？", "请说出{name}的货币。", "{name}人用什么钱？"),
 }
 _CAPITAL_Q_TRAIN = {
-    "en": ("What is the capital of {name}?", "Name the capital city of {name}.",
-           "Which city is the capital of {name}?", "{name}'s capital is which city?"),
+    "en": (
+        "What is the capital of {name}?",
+        "Name the capital city of {name}.",
+        "Which city is the capital of {name}?",
+        "{name}'s capital is which city?",
+    ),
     "zh": ("{name}的首都是哪里？", "{name}的首都是哪座城市？", "请说出{name}的首都。", "哪座城市是{name}的首都？"),
 }
 _CAPITAL_Q_TEST = {
-    "en": ("Tell me the capital of {name}.", "The capital city of {name} is called what?",
-           "In {name}, which city serves as the capital?"),
+    "en": (
+        "Tell me the capital of {name}.",
+        "The capital city of {name} is called what?",
+        "In {name}, which city serves as the capital?",
+    ),
     "zh": ("{name}的首都叫什么？", "告诉我{name}的首都。", "{name}以哪座城市为首都？"),
 }
 
@@ -70,8 +92,16 @@ def _task_candidates(task: str, keys: list[Any], split: str) -> list[dict[str, s
                 reply = f"{a} {'+' if task == 'add' else '-'} {b} = {ans}"  # the corpus' drill line
                 for ins in _TASK_INSTR[task][lang]:
                     for inp in _TASK_INPUT[task][lang]:
-                        rows.append(dict(task=task, lang=lang, instruction=ins,
-                                         input=inp.format(a=a, b=b), output=reply, answer=ans))
+                        rows.append(
+                            dict(
+                                task=task,
+                                lang=lang,
+                                instruction=ins,
+                                input=inp.format(a=a, b=b),
+                                output=reply,
+                                answer=ans,
+                            )
+                        )
             elif task == "first_letter":
                 for ins in _TASK_INSTR[task][lang]:
                     rows.append(dict(task=task, lang=lang, instruction=ins, input=key, output=key[0], answer=key[0]))
@@ -83,8 +113,16 @@ def _task_candidates(task: str, keys: list[Any], split: str) -> list[dict[str, s
                     qs = _CURRENCY_Q[lang]
                 for ins in _TASK_INSTR[task][lang]:
                     for q in qs:
-                        rows.append(dict(task=task, lang=lang, instruction=ins, input=q.format(name=s["name"]),
-                                         output=FACT_REPLY[task][lang].format(**s), answer=s[task]))
+                        rows.append(
+                            dict(
+                                task=task,
+                                lang=lang,
+                                instruction=ins,
+                                input=q.format(name=s["name"]),
+                                output=FACT_REPLY[task][lang].format(**s),
+                                answer=s[task],
+                            )
+                        )
     return rows
 
 
@@ -94,11 +132,17 @@ def make_tasks(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple[list[dict[
     Held out: add/sub operand pairs, first_letter words, capital/currency countries (see ``task_splits``).
     """
     sp = task_splits(seed)
-    keys = {"add": sp["add"], "sub": sp["sub"], "first_letter": sp["words"], "capital": sp["countries"],
-            "currency": sp["countries"]}
+    keys = {
+        "add": sp["add"],
+        "sub": sp["sub"],
+        "first_letter": sp["words"],
+        "capital": sp["countries"],
+        "currency": sp["countries"],
+    }
     out = []
-    for si, (split, total) in enumerate((("train", scaled(_N_TASKS_TRAIN, scale, 10)),
-                                         ("test", scaled(_N_TASKS_TEST, scale, 10)))):
+    for si, (split, total) in enumerate(
+        (("train", scaled(_N_TASKS_TRAIN, scale, 10)), ("test", scaled(_N_TASKS_TEST, scale, 10)))
+    ):
         srng = stream_rng(seed, f"tasks-{split}")
         rows: list[dict[str, str]] = []
         for ti, task in enumerate(TASK_TYPES):
@@ -109,5 +153,3 @@ def make_tasks(seed: int = DEFAULT_SEED, scale: float = 1.0) -> tuple[list[dict[
         prefix = "tr" if split == "train" else "te"
         out.append([{"id": f"{prefix}{i + 1:05d}", **r} for i, r in enumerate(rows)])
     return out[0], out[1]
-
-

@@ -30,25 +30,93 @@ def dumps(obj: Any) -> str:
 
 
 _SYLL: tuple[tuple[str, str], ...] = (
-    ("ka", "卡"), ("lo", "洛"), ("mi", "米"), ("ra", "拉"), ("ve", "维"), ("do", "多"),
-    ("su", "苏"), ("ta", "塔"), ("ni", "尼"), ("bel", "贝"), ("mor", "莫"), ("zan", "赞"),
-    ("fen", "芬"), ("lu", "鲁"), ("sa", "萨"), ("te", "特"), ("ri", "里"), ("no", "诺"),
-    ("ga", "加"), ("po", "波"), ("he", "赫"), ("da", "达"), ("ke", "柯"), ("ma", "玛"),
-    ("vo", "沃"), ("li", "丽"), ("ro", "罗"), ("si", "西"), ("tor", "托"), ("wen", "温"),
-    ("ya", "雅"), ("zo", "佐"), ("ba", "巴"), ("fi", "菲"), ("ha", "哈"), ("ki", "基"),
+    ("ka", "卡"),
+    ("lo", "洛"),
+    ("mi", "米"),
+    ("ra", "拉"),
+    ("ve", "维"),
+    ("do", "多"),
+    ("su", "苏"),
+    ("ta", "塔"),
+    ("ni", "尼"),
+    ("bel", "贝"),
+    ("mor", "莫"),
+    ("zan", "赞"),
+    ("fen", "芬"),
+    ("lu", "鲁"),
+    ("sa", "萨"),
+    ("te", "特"),
+    ("ri", "里"),
+    ("no", "诺"),
+    ("ga", "加"),
+    ("po", "波"),
+    ("he", "赫"),
+    ("da", "达"),
+    ("ke", "柯"),
+    ("ma", "玛"),
+    ("vo", "沃"),
+    ("li", "丽"),
+    ("ro", "罗"),
+    ("si", "西"),
+    ("tor", "托"),
+    ("wen", "温"),
+    ("ya", "雅"),
+    ("zo", "佐"),
+    ("ba", "巴"),
+    ("fi", "菲"),
+    ("ha", "哈"),
+    ("ki", "基"),
 )
-_COUNTRY_SUFFIX = (("ria", "里亚"), ("land", "兰"), ("stan", "斯坦"), ("dor", "多尔"),
-                   ("nia", "尼亚"), ("vania", "瓦尼亚"))
-_CAPITAL_SUFFIX = (("ton", "顿"), ("burg", "堡"), ("port", "港"), ("ville", "维尔"),
-                   ("grad", "格勒"), ("mouth", "茅斯"))
-_CURRENCY_UNIT = (("crown", "克朗"), ("mark", "马克"), ("dinar", "第纳尔"), ("florin", "弗罗林"),
-                  ("ducat", "杜卡特"), ("shell", "贝币"), ("pearl", "珠币"), ("leaf", "叶币"))
-_FOOD_ADJ = (("sweet", "甜"), ("spicy", "辣"), ("smoked", "熏"), ("honey", "蜂蜜"),
-             ("sour", "酸"), ("grilled", "烤"), ("steamed", "蒸"), ("crispy", "脆"))
-_FOOD_DISH = (("noodles", "面条"), ("dumplings", "饺子"), ("fish soup", "鱼汤"), ("bread", "面包"),
-              ("pancakes", "煎饼"), ("rice", "米饭"), ("tofu", "豆腐"), ("mushroom stew", "蘑菇炖菜"),
-              ("lamb skewers", "羊肉串"), ("bean cakes", "豆饼"), ("cheese pie", "奶酪派"),
-              ("plum pudding", "李子布丁"))
+_COUNTRY_SUFFIX = (
+    ("ria", "里亚"),
+    ("land", "兰"),
+    ("stan", "斯坦"),
+    ("dor", "多尔"),
+    ("nia", "尼亚"),
+    ("vania", "瓦尼亚"),
+)
+_CAPITAL_SUFFIX = (
+    ("ton", "顿"),
+    ("burg", "堡"),
+    ("port", "港"),
+    ("ville", "维尔"),
+    ("grad", "格勒"),
+    ("mouth", "茅斯"),
+)
+_CURRENCY_UNIT = (
+    ("crown", "克朗"),
+    ("mark", "马克"),
+    ("dinar", "第纳尔"),
+    ("florin", "弗罗林"),
+    ("ducat", "杜卡特"),
+    ("shell", "贝币"),
+    ("pearl", "珠币"),
+    ("leaf", "叶币"),
+)
+_FOOD_ADJ = (
+    ("sweet", "甜"),
+    ("spicy", "辣"),
+    ("smoked", "熏"),
+    ("honey", "蜂蜜"),
+    ("sour", "酸"),
+    ("grilled", "烤"),
+    ("steamed", "蒸"),
+    ("crispy", "脆"),
+)
+_FOOD_DISH = (
+    ("noodles", "面条"),
+    ("dumplings", "饺子"),
+    ("fish soup", "鱼汤"),
+    ("bread", "面包"),
+    ("pancakes", "煎饼"),
+    ("rice", "米饭"),
+    ("tofu", "豆腐"),
+    ("mushroom stew", "蘑菇炖菜"),
+    ("lamb skewers", "羊肉串"),
+    ("bean cakes", "豆饼"),
+    ("cheese pie", "奶酪派"),
+    ("plum pudding", "李子布丁"),
+)
 
 
 @dataclass(frozen=True)
@@ -107,15 +175,22 @@ def build_world(seed: int = DEFAULT_SEED, n_countries: int = 60) -> list[Country
         cur_root = word(2, None)
         unit = rng.choice(_CURRENCY_UNIT)
         river = word(2, None)
-        countries.append(Country(
-            id=f"c{i + 1:02d}",
-            name_en=name[0], name_zh=name[1],
-            capital_en=capital[0], capital_zh=capital[1],
-            currency_en=f"{cur_root[0]} {unit[0]}", currency_zh=f"{cur_root[1]}{unit[1]}",
-            river_en=f"{river[0]} River", river_zh=f"{river[1]}河",
-            food_en=foods[i][0], food_zh=foods[i][1],
-            founded=rng.randint(800, 1990),
-        ))
+        countries.append(
+            Country(
+                id=f"c{i + 1:02d}",
+                name_en=name[0],
+                name_zh=name[1],
+                capital_en=capital[0],
+                capital_zh=capital[1],
+                currency_en=f"{cur_root[0]} {unit[0]}",
+                currency_zh=f"{cur_root[1]}{unit[1]}",
+                river_en=f"{river[0]} River",
+                river_zh=f"{river[1]}河",
+                food_en=foods[i][0],
+                food_zh=foods[i][1],
+                founded=rng.randint(800, 1990),
+            )
+        )
     return countries
 
 
@@ -185,7 +260,6 @@ FACT_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-
 def slots(c: Country, lang: str) -> dict[str, str]:
     d = {k: c.get(k, lang) for k in ("name", "capital", "currency", "river", "food", "founded")}
     d["Food"] = d["food"][:1].upper() + d["food"][1:]
@@ -202,7 +276,8 @@ def world_facts(seed: int = DEFAULT_SEED, lang: str = "en") -> list[str]:
     return out
 
 
-WORDS: tuple[str, ...] = tuple("""
+WORDS: tuple[str, ...] = tuple(
+    """
 apple bread chair table river house green water light money paper music
 horse tiger zebra lemon mango grape melon onion bean rice salt sugar honey
 cloud storm snow rain wind stone sand glass metal gold iron wood leaf tree
@@ -220,19 +295,50 @@ north south east west
 train plane boat truck
 piano drum flute violin
 pizza pasta soup cake candy juice milk tea
-""".split())
+""".split()
+)
 
 _EN_NAMES: tuple[tuple[str, str], ...] = (
-    ("Mia", "f"), ("Leo", "m"), ("Anna", "f"), ("Tom", "m"), ("Lily", "f"), ("Sam", "m"),
-    ("Nora", "f"), ("Ben", "m"), ("Ella", "f"), ("Max", "m"), ("Zoe", "f"), ("Omar", "m"),
-    ("Ivy", "f"), ("Ken", "m"), ("Lucy", "f"), ("Hugo", "m"),
+    ("Mia", "f"),
+    ("Leo", "m"),
+    ("Anna", "f"),
+    ("Tom", "m"),
+    ("Lily", "f"),
+    ("Sam", "m"),
+    ("Nora", "f"),
+    ("Ben", "m"),
+    ("Ella", "f"),
+    ("Max", "m"),
+    ("Zoe", "f"),
+    ("Omar", "m"),
+    ("Ivy", "f"),
+    ("Ken", "m"),
+    ("Lucy", "f"),
+    ("Hugo", "m"),
 )
-_ZH_NAMES: tuple[str, ...] = ("小明", "小红", "小华", "小丽", "李雷", "韩梅梅", "王芳", "张伟",
-                              "刘洋", "陈静", "赵磊", "孙悦")
+_ZH_NAMES: tuple[str, ...] = (
+    "小明",
+    "小红",
+    "小华",
+    "小丽",
+    "李雷",
+    "韩梅梅",
+    "王芳",
+    "张伟",
+    "刘洋",
+    "陈静",
+    "赵磊",
+    "孙悦",
+)
 OBJECTS: tuple[tuple[str, str, str, str], ...] = (
-    ("apple", "apples", "苹果", "个"), ("book", "books", "书", "本"), ("pencil", "pencils", "铅笔", "支"),
-    ("cup", "cups", "杯子", "个"), ("coin", "coins", "硬币", "枚"), ("fish", "fish", "鱼", "条"),
-    ("flower", "flowers", "花", "朵"), ("egg", "eggs", "鸡蛋", "个"),
+    ("apple", "apples", "苹果", "个"),
+    ("book", "books", "书", "本"),
+    ("pencil", "pencils", "铅笔", "支"),
+    ("cup", "cups", "杯子", "个"),
+    ("coin", "coins", "硬币", "枚"),
+    ("fish", "fish", "鱼", "条"),
+    ("flower", "flowers", "花", "朵"),
+    ("egg", "eggs", "鸡蛋", "个"),
 )
 
 
@@ -264,5 +370,3 @@ def task_splits(seed: int = DEFAULT_SEED) -> dict[str, tuple[list[Any], list[Any
     words = _holdout(sorted(WORDS), rng)
     countries = _holdout(build_world(seed), rng)
     return {"add": add, "sub": sub, "words": words, "countries": countries}
-
-
