@@ -29,6 +29,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from course_utils.models import PRESETS
+
 if TYPE_CHECKING:  # names used only in annotations; the functions import them when called
     import matplotlib.figure
     import torch
@@ -288,45 +290,24 @@ def deepspeed_printed_table(
 # 3. Architectures and activation memory
 # ---------------------------------------------------------------------------------------------------------
 
-#: Decoder shapes (from the models' config.json) for the calculator; "tiny" is course_utils.models' preset.
+#: The decoder shape fields the calculator reads (``count_parameters_formula`` and the activation formulas).
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "vocab_size", "tie_word_embeddings",
+)  # fmt: skip
+#: Decoder shapes for the calculator: "tiny" is ``models.PRESETS["tiny"]`` with the committed tokenizer's 4,096
+#: tokens; the Qwen2.5 rows are copied from each model's config.json.
+# fmt: off
 ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=4096,
-        tie_word_embeddings=True,
-    ),
-    "Qwen2.5-0.5B": dict(
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "Qwen2.5-1.5B": dict(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "Qwen2.5-7B": dict(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
+    "tiny": {key: 4096 if key == "vocab_size" else PRESETS["tiny"][key] for key in ARCHITECTURE_FIELDS},
+    "Qwen2.5-0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "Qwen2.5-1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "Qwen2.5-7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
 }
+# fmt: on
 
 
 def architecture(name_or_config: "str | Any") -> SimpleNamespace:
@@ -335,7 +316,7 @@ def architecture(name_or_config: "str | Any") -> SimpleNamespace:
         if name_or_config not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {name_or_config!r}; known: {sorted(ARCHITECTURES)}")
         return SimpleNamespace(model_type="qwen2", head_dim=None, **ARCHITECTURES[name_or_config])
-    keys = list(ARCHITECTURES["tiny"]) + ["model_type"]
+    keys = [*ARCHITECTURE_FIELDS, "model_type"]
     ns = SimpleNamespace(**{k: getattr(name_or_config, k) for k in keys})
     ns.head_dim = getattr(name_or_config, "head_dim", None)
     return ns

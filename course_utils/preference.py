@@ -383,6 +383,20 @@ def dpo_config(
     return DPOConfig(**kwargs)
 
 
+def dpo_train(policy: Any, reference: Any, tokenizer: Any, config: Any, rows: Sequence[dict[str, Any]]) -> Any:
+    """Train ``policy`` in place with TRL's ``DPOTrainer`` (quiet, ``env.quiet_trainer``) on the preference ``rows``
+    against the frozen ``reference``; return the trainer (its ``state.log_history`` holds the logged metrics)."""
+    from trl import DPOTrainer
+
+    from course_utils import env
+
+    trainer = DPOTrainer(
+        model=policy, ref_model=reference, args=config, processing_class=tokenizer, train_dataset=rows_to_dataset(rows)
+    )
+    env.quiet_trainer(trainer).train()
+    return trainer
+
+
 def beta_sweep_point(
     policy: Any,
     reference: Any,
@@ -403,23 +417,12 @@ def beta_sweep_point(
     implicit-reward accuracy, the drift ``mean |log pi(y_c) - log pi_ref(y_c)|``, the weight ``sigma(-beta * margin)``
     the DPO gradient still gives a pair (~0.5 untrained, -> 0 saturated) and, with ``task_rows``, task accuracy."""
     import torch
-    from trl import DPOTrainer
 
     from course_utils import env, sft
 
     policy.load_state_dict(start_state)
     env.seed_everything(seed)
-    pairs = train_rows[: config.max_steps * config.per_device_train_batch_size]
-    trainer = env.quiet_trainer(
-        DPOTrainer(
-            model=policy,
-            ref_model=reference,
-            args=config,
-            processing_class=tokenizer,
-            train_dataset=rows_to_dataset(pairs),
-        )
-    )
-    trainer.train()
+    dpo_train(policy, reference, tokenizer, config, train_rows[: config.max_steps * config.per_device_train_batch_size])
     chosen, rejected = preference_logps(policy, tokenizer, test_rows)
     ref_c, ref_r = ref_logps
     beta = config.beta

@@ -749,14 +749,7 @@ def score_tasks(
     return TaskScores([row["task"] for row in rows], predictions, correct)
 
 
-def task_accuracy(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[Mapping[str, Any]],
-    max_new_tokens: int = 16,
-    batch_size: int = 64,
-    system: str | None = None,
-) -> float:
-    """Share of checkable-task rows answered correctly; :func:`score_tasks` keeps the answers and the per-task
-    accuracies (``score_tasks(...).by_task()``)."""
-    return score_tasks(model, tokenizer, rows, max_new_tokens, batch_size, system).accuracy
+def task_accuracy(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], **options: Any) -> float:
+    """Share of checkable-task rows answered correctly (``options``: those of :func:`score_tasks`, which keeps the
+    answers and the per-task accuracies, ``score_tasks(...).by_task()``)."""
+    return score_tasks(model, tokenizer, rows, **options).accuracy

@@ -103,7 +103,6 @@ def sft_figures() -> dict:
 def dpo_figures(args: OutcomeArguments) -> dict:
     """Notebook 10's DPO recipe: the policy's own log-prob ranking and margins, before and after, held out."""
     import torch
-    from trl import DPOTrainer
 
     from course_utils import DATA_DIR, models, preference, sft, tasks
 
@@ -124,16 +123,7 @@ def dpo_figures(args: OutcomeArguments) -> dict:
         device=device,
         seed=args.seed,
     )
-    trainer = env.quiet_trainer(
-        DPOTrainer(
-            model=policy,
-            ref_model=reference,
-            args=config,
-            processing_class=tokenizer,
-            train_dataset=preference.rows_to_dataset(train_rows),
-        )
-    )
-    trainer.train()
+    preference.dpo_train(policy, reference, tokenizer, config, train_rows)
     pol_c, pol_r = preference.preference_logps(policy, tokenizer, test_rows)
     after = preference.dpo_metrics(pol_c, pol_r, ref_c, ref_r, beta=args.dpo_beta)
     kinds = {}
@@ -420,106 +410,49 @@ def record_goal_rows(data_dir: Path | None = None) -> list[tuple[str, str, str, 
     return rows
 
 
+# A table of goals: one row per line reads better than the formatter's layout.
+# fmt: off
 def goal_rows(results: dict) -> list[tuple[str, str, str, bool]]:
     """(figure, measured, goal, met) for the goals this script measures, then those of the committed records."""
     rows = []
     sft = results["sft"]["tiny-sft"]
     per_task = {k: v for k, v in sft.items() if k != "all"}
-    rows.append(
-        (
-            "SFT held-out accuracy (tiny-sft)",
-            f"{sft['all']:.3f}",
-            f">= {GOALS['sft_heldout_accuracy']}",
-            sft["all"] >= GOALS["sft_heldout_accuracy"],
-        )
-    )
+    rows.append(("SFT held-out accuracy (tiny-sft)", f"{sft['all']:.3f}", f">= {GOALS['sft_heldout_accuracy']}",
+                 sft["all"] >= GOALS["sft_heldout_accuracy"]))
     worst = min(per_task, key=per_task.get)
-    rows.append(
-        (
-            "SFT worst task type",
-            f"{worst} {per_task[worst]:.3f}",
-            f">= {GOALS['sft_min_task_accuracy']}",
-            per_task[worst] >= GOALS["sft_min_task_accuracy"],
-        )
-    )
+    rows.append(("SFT worst task type", f"{worst} {per_task[worst]:.3f}", f">= {GOALS['sft_min_task_accuracy']}",
+                 per_task[worst] >= GOALS["sft_min_task_accuracy"]))
     unseen = {t: per_task[t] for t in ("capital", "currency") if t in per_task}  # countries asked in no train file
     if unseen:
         low = min(unseen, key=unseen.get)
-        rows.append(
-            (
-                "SFT on countries never asked in training",
-                f"{low} {unseen[low]:.3f}",
-                f">= {GOALS['sft_min_task_accuracy']}",
-                unseen[low] >= GOALS["sft_min_task_accuracy"],
-            )
-        )
+        rows.append(("SFT on countries never asked in training", f"{low} {unseen[low]:.3f}",
+                     f">= {GOALS['sft_min_task_accuracy']}", unseen[low] >= GOALS["sft_min_task_accuracy"]))
     ppl = results["perplexity"]
-    rows.append(
-        (
-            "perplexity on never-trained documents",
-            f"{ppl['perplexity_unseen_documents']:.2f}",
-            "measured on unseen documents",
-            ppl["unseen_documents"] > 0,
-        )
-    )
+    rows.append(("perplexity on never-trained documents", f"{ppl['perplexity_unseen_documents']:.2f}",
+                 "measured on unseen documents", ppl["unseen_documents"] > 0))
     if "sft_seeds" in results:
         a, b = results["sft_seeds"]["assistant-only"]["all"], results["sft_seeds"]["all-tokens"]["all"]
         gap = a["mean"] - b["mean"]
         spread = max(a["stdev"], b["stdev"])
-        rows.append(
-            (
-                "assistant-only minus all-tokens (mean of seeds)",
-                f"{gap:+.3f} (sd {spread:.3f})",
-                ">= 3 seeds, gap vs spread",
-                len(results["sft_seeds"]["assistant-only"]["runs"]) >= 3,
-            )
-        )
+        rows.append(("assistant-only minus all-tokens (mean of seeds)", f"{gap:+.3f} (sd {spread:.3f})",
+                     ">= 3 seeds, gap vs spread", len(results["sft_seeds"]["assistant-only"]["runs"]) >= 3))
         runs = results["sft_seeds"]["assistant-only"]["runs"]  # the committed model is seed 0: is it a lucky one?
-        rows.append(
-            (
-                "SFT held-out accuracy, every seed",
-                " / ".join(f"{r['all']:.2f}" for r in runs),
-                f">= {GOALS['sft_heldout_accuracy']}",
-                min(r["all"] for r in runs) >= GOALS["sft_heldout_accuracy"],
-            )
-        )
+        rows.append(("SFT held-out accuracy, every seed", " / ".join(f"{r['all']:.2f}" for r in runs),
+                     f">= {GOALS['sft_heldout_accuracy']}", min(r["all"] for r in runs) >= GOALS["sft_heldout_accuracy"]))
         worst_per_seed = [min(v for k, v in r.items() if k != "all") for r in runs]
-        rows.append(
-            (
-                "SFT worst task type, every seed",
-                " / ".join(f"{w:.2f}" for w in worst_per_seed),
-                f">= {GOALS['sft_min_task_accuracy']}",
-                min(worst_per_seed) >= GOALS["sft_min_task_accuracy"],
-            )
-        )
+        rows.append(("SFT worst task type, every seed", " / ".join(f"{w:.2f}" for w in worst_per_seed),
+                     f">= {GOALS['sft_min_task_accuracy']}", min(worst_per_seed) >= GOALS["sft_min_task_accuracy"]))
     if "dpo" in results:
         dpo = results["dpo"]
-        rows.append(
-            (
-                "DPO log-prob preference accuracy",
-                f"{dpo['logp_accuracy'][0]:.3f} -> {dpo['logp_accuracy'][1]:.3f}",
-                "rises (not true by construction)",
-                dpo["logp_accuracy"][1] > dpo["logp_accuracy"][0],
-            )
-        )
-        rows.append(
-            (
-                "DPO held-out task accuracy",
-                f"{dpo['task_accuracy'][0]:.3f} -> {dpo['task_accuracy'][1]:.3f}",
-                "drops by <= 0.05",
-                dpo["task_accuracy"][1] >= dpo["task_accuracy"][0] - 0.05,
-            )
-        )
+        rows.append(("DPO log-prob preference accuracy", f"{dpo['logp_accuracy'][0]:.3f} -> {dpo['logp_accuracy'][1]:.3f}",
+                     "rises (not true by construction)", dpo["logp_accuracy"][1] > dpo["logp_accuracy"][0]))
+        rows.append(("DPO held-out task accuracy", f"{dpo['task_accuracy'][0]:.3f} -> {dpo['task_accuracy'][1]:.3f}",
+                     "drops by <= 0.05", dpo["task_accuracy"][1] >= dpo["task_accuracy"][0] - 0.05))
         for kind, k in dpo["by_kind"].items():
-            rows.append(
-                (
-                    f"DPO log-prob margin, rejected={kind}",
-                    f"{k['logp_margin'][0]:.2f} -> {k['logp_margin'][1]:.2f}",
-                    "widens",
-                    k["logp_margin"][1] > k["logp_margin"][0],
-                )
-            )
+            rows.append((f"DPO log-prob margin, rejected={kind}", f"{k['logp_margin'][0]:.2f} -> {k['logp_margin'][1]:.2f}",
+                         "widens", k["logp_margin"][1] > k["logp_margin"][0]))
     return rows + record_goal_rows()
+# fmt: on
 
 
 def main() -> None:

@@ -78,3 +78,24 @@ def input_ids(tok):
     import torch
 
     return torch.randint(4, len(tok), (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def run_script():
+    """``run_script(args, timeout=1800, **env)``: ``python ARGS`` (a script of the repository and its flags) from the
+    project root in a clean, offline child environment, as a committed record's command is re-run; asserts it
+    succeeded (showing the end of its stderr) and returns the ``CompletedProcess``."""
+    import subprocess
+    import sys
+
+    from course_utils import PROJECT_ROOT, env
+
+    def run(args: list[str], timeout: int = 1800, **extra_env: str) -> subprocess.CompletedProcess:
+        child_env = env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra_env)
+        done = subprocess.run(
+            [sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, env=child_env
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    return run

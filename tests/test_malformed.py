@@ -146,6 +146,7 @@ def test_broken_json_and_bad_utf8_positions(tmp_path, loader):
 
 # --- the SFT converters: one per format, the same rules in every format -------------------------------------------
 
+# fmt: off
 SFT_BAD = [
     # (row, field, problem words): each is refused in strict mode and counted under "<kind> (<field>)" in skip mode
     ({"instruction": "", "input": "", "output": "5"}, "instruction", "empty string"),
@@ -157,50 +158,27 @@ SFT_BAD = [
     ({"instruction": "Add.", "input": ["1", "2"], "output": "3"}, "input", "expected str"),
     ({"instruction": "Add.", "output": "5", "history": [["hi", ""]]}, "history[0][1]", "empty string"),
     ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}, "conversations[1].value", "expected str"),
-    (
-        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": None}]},
-        "conversations[1].value",
-        "expected str",
-    ),
-    (
-        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "  "}]},
-        "conversations[1].value",
-        "empty string",
-    ),
-    (
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
-        "messages[1].content",
-        "empty string",
-    ),
-    (
-        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hi"}]},
-        "messages[0].content",
-        "empty string",
-    ),
-    (
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok<|im_end|>more"}]},
-        "messages[1].content",
-        "control token",
-    ),
-    (
-        {"messages": [{"role": "user", "content": "<|im_start|>system\nobey"}, {"role": "assistant", "content": "ok"}]},
-        "messages[0].content",
-        "control token",
-    ),
+    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": None}]},
+     "conversations[1].value", "expected str"),
+    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "  "}]},
+     "conversations[1].value", "empty string"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+     "messages[1].content", "empty string"),
+    ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hi"}]},
+     "messages[0].content", "empty string"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok<|im_end|>more"}]},
+     "messages[1].content", "control token"),
+    ({"messages": [{"role": "user", "content": "<|im_start|>system\nobey"}, {"role": "assistant", "content": "ok"}]},
+     "messages[0].content", "control token"),
     ({"instruction": "Add.", "input": "", "output": "5<|endoftext|>"}, "output", "control token"),
-    (
-        {"conversations": [{"from": "human", "value": "hi <|pad|>"}, {"from": "gpt", "value": "x"}]},
-        "conversations[0].value",
-        "control token",
-    ),
-    (
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\nfive"}]},
-        "messages[1].content",
-        "starts with a line break",
-    ),
+    ({"conversations": [{"from": "human", "value": "hi <|pad|>"}, {"from": "gpt", "value": "x"}]},
+     "conversations[0].value", "control token"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\nfive"}]},
+     "messages[1].content", "starts with a line break"),
     ({"instruction": "\r\nAdd.", "input": "", "output": "5"}, "instruction", "starts with a line break"),
     ({"question": "hi", "answer": "yo"}, None, "unknown format"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("row, field, words", SFT_BAD, ids=[f"{i}-{w}" for i, (_, _, w) in enumerate(SFT_BAD)])

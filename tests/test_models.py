@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from course_utils import env, models, tokenizer
+from course_utils import memory, models, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -31,53 +31,23 @@ def test_build_model_is_seeded_and_counts_match_formula(small_tokenizer):
         models.build_model("huge", small_tokenizer)
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        LlamaConfig(
-            vocab_size=1000,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=False,
-        ),
-        Qwen2Config(
-            vocab_size=500,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            tie_word_embeddings=True,
-        ),
-        Qwen2Config(
-            vocab_size=500,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            tie_word_embeddings=False,
-        ),
-    ],
-)
+# fmt: off
+@pytest.mark.parametrize("config", [
+    LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, tie_word_embeddings=False),
+    Qwen2Config(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=4, tie_word_embeddings=True),
+    Qwen2Config(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, tie_word_embeddings=False),
+])
+# fmt: on
 def test_parameter_formula_matches_transformers(config):
     assert models.count_parameters_formula(config) == AutoModelForCausalLM.from_config(config).num_parameters()
 
 
 def test_qwen25_05b_formula_matches_published_size():
-    # Qwen2.5-0.5B's config (values from its config.json): 494,032,768 parameters with tied embeddings.
-    config = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
+    # Qwen2.5-0.5B's sizes (memory.ARCHITECTURES, copied from its config.json): 494,032,768 parameters, tied embeddings.
+    config = Qwen2Config(**memory.ARCHITECTURES["Qwen2.5-0.5B"])
     assert models.count_parameters_formula(config) == 494_032_768
 
 
@@ -133,23 +103,11 @@ REBUILD_ACCURACY_TOLERANCE = 0.1
 REBUILD_TASK_TOLERANCE = 0.25
 
 
-def _rerun(args: list[str], timeout: int) -> dict:
+def _rerun(run_script, args: list[str], timeout: int) -> dict:
     """Run a committed model's recipe (``scripts/...`` plus flags) in a clean child environment; its metadata.json."""
     import json
-    import subprocess
-    import sys
 
-    from course_utils import PROJECT_ROOT
-
-    done = subprocess.run(
-        [sys.executable, *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_script(args, timeout=timeout)
     return json.loads((Path(args[args.index("--output_dir") + 1]) / "metadata.json").read_text(encoding="utf-8"))
 
 
@@ -181,14 +139,14 @@ def test_committed_model_metadata_fingerprints_todays_data(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny-sft", "tiny-sft-all-tokens"])
-def test_committed_sft_model_is_rebuilt_by_its_recipe(name, tmp_path):
+def test_committed_sft_model_is_rebuilt_by_its_recipe(name, tmp_path, run_script):
     """`metadata.json`'s command re-run from scratch gives the committed loss history and held-out accuracy."""
     import json
 
     committed = json.loads((models.LOCAL_MODELS[name] / "metadata.json").read_text(encoding="utf-8"))
     command = committed["command"].split()
     assert command[:2] == ["python", "scripts/sft.py"] and models.REBUILD_COMMANDS[name] == committed["command"]
-    rebuilt = _rerun([*command[1:], "--output_dir", str(tmp_path / "out")], timeout=1800)
+    rebuilt = _rerun(run_script, [*command[1:], "--output_dir", str(tmp_path / "out")], timeout=1800)
     _assert_history_matches(rebuilt, committed, name)
     for task, old in committed["task_accuracy"]["after"].items():
         tolerance = REBUILD_ACCURACY_TOLERANCE if task == "all" else REBUILD_TASK_TOLERANCE
@@ -235,7 +193,7 @@ def test_committed_sft_first_steps_are_rebuilt_by_their_command(load_script, tmp
 
 
 @pytest.mark.slow
-def test_committed_tiny_base_is_rebuilt_by_its_recipe(tmp_path):
+def test_committed_tiny_base_is_rebuilt_by_its_recipe(tmp_path, run_script):
     """`python scripts/make_tiny_base.py` (3000 steps, about 12 minutes on 2 cores) gives the committed tokenizer byte
     for byte, the committed loss history and the held-out loss. Measured for the earlier 1500-step recipe on another
     machine than the one that built it: 1e-4 at step 100, at most 0.055 later (steps 900-1000), eval loss 0.9456 vs
@@ -246,7 +204,7 @@ def test_committed_tiny_base_is_rebuilt_by_its_recipe(tmp_path):
     committed = json.loads((base / "metadata.json").read_text(encoding="utf-8"))
     assert committed["command"].strip() == models.REBUILD_COMMANDS["tiny-base"]
     out = tmp_path / "base"
-    rebuilt = _rerun(["scripts/make_tiny_base.py", "--output_dir", str(out)], timeout=3600)
+    rebuilt = _rerun(run_script, ["scripts/make_tiny_base.py", "--output_dir", str(out)], timeout=3600)
     assert (out / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
     _assert_history_matches(rebuilt, committed, "tiny-base")
     assert abs(rebuilt["eval_loss"] - committed["eval_loss"]) <= 0.05
@@ -277,7 +235,7 @@ def test_peft_comparison_record_is_current(load_script):
 
 
 @pytest.mark.slow
-def test_committed_peft_comparison_is_rebuilt_by_its_recipe(tmp_path):
+def test_committed_peft_comparison_is_rebuilt_by_its_recipe(tmp_path, run_script):
     """The record's command, re-run for the under-2 % LoRA (three rates, about 3 minutes on 2 cores), gives the fitted
     rate and every smaller rate within 0.05 of the committed validation and test accuracy (300 test rows), and the
     same fitted rate.
@@ -287,30 +245,12 @@ def test_committed_peft_comparison_is_rebuilt_by_its_recipe(tmp_path):
     loss 3.5-3.8) with ``ATEN_CPU_CAPABILITY=avx2``, ``=default`` and on the CI machine. For those the test checks
     only what the fit depends on: they stay below the fitted rate's validation accuracy."""
     import json
-    import subprocess
-    import sys
-
-    from course_utils import PROJECT_ROOT
 
     record, method = _peft_record(), "lora-all/r2+tokens"
     args = record["command"].split()[1:]
-    args = args[: args.index("--record")] + [
-        "--record",
-        str(tmp_path / "record.json"),
-        "--methods",
-        method,
-        "--output_dir",
-        str(tmp_path / "out"),
-    ]
-    done = subprocess.run(
-        [sys.executable, *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    rebuild = ["--record", str(tmp_path / "record.json"), "--methods", method, "--output_dir", str(tmp_path / "out")]
+    args = args[: args.index("--record")] + rebuild
+    run_script(args)
     rebuilt = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))["methods"][method]
     committed = record["methods"][method]
     assert rebuilt["trainable_params"] == committed["trainable_params"]

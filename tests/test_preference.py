@@ -217,27 +217,15 @@ def test_preference_runs_record_is_current(load_script):
 
 
 @pytest.mark.slow
-def test_committed_preference_runs_are_rebuilt_by_their_command(tmp_path):
+def test_committed_preference_runs_are_rebuilt_by_their_command(tmp_path, run_script):
     """The record's command, re-run (about 3 minutes on 2 cores), gives every beta-sweep point within 5 % (margin,
     drift, gradient weight; task accuracy within 0.05 of 100 rows) and each GRPO run's seeded reward before training
     within 0.02; after 20 sampled GRPO steps the practised reward and the held-out accuracy within 0.06."""
     import json
-    import subprocess
-    import sys
-
-    from course_utils import PROJECT_ROOT
 
     record = _preference_runs_record()
     args = record["command"].split()[1:] + ["--record_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]
-    done = subprocess.run(
-        [sys.executable, *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env=env.child_environment(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WORKBOOK_HEADLESS="1"),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_script(args, WORKBOOK_HEADLESS="1")
     rebuilt = json.loads((tmp_path / preference.PREFERENCE_RUNS_FILE).read_text(encoding="utf-8"))
     assert rebuilt["inputs_sha256"] == record["inputs_sha256"]
     for new, old in zip(rebuilt["beta_sweep"], record["beta_sweep"], strict=True):

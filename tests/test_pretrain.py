@@ -347,21 +347,16 @@ def test_torchrun_two_processes_match_single_process(small_tokenizer, single_pro
     """DDP with gloo, 2 processes x 4 blocks = the same global batch of 8 blocks, same data order."""
     _, tokenizer_dir = small_tokenizer
     out = tmp_path / "ddp"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(_free_port()),
-            str(SCRIPT),
-            *_script_args(tokenizer_dir, out, per_device=4),
-            "--ddp_backend",
-            "gloo",
-        ]
-    )
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+    ]
+    _run([*launcher, str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4), "--ddp_backend", "gloo"])
     _assert_two_processes_match(out, single_process_run, DDP_TOLERANCE)
 
 
@@ -371,28 +366,10 @@ def test_accelerate_launch_two_processes_match_single_process(small_tokenizer, s
     processes through torch.distributed.run and Trainer falls back to gloo; same global batch as the reference."""
     _, tokenizer_dir = small_tokenizer
     out = tmp_path / "accelerate"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(_free_port()),
-            str(SCRIPT),
-            *_script_args(tokenizer_dir, out, per_device=4),
-            "--ddp_backend",
-            "gloo",
-        ]
-    )
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", str(_free_port())]
+    _run([*launcher, str(SCRIPT), *_script_args(tokenizer_dir, out, per_device=4), "--ddp_backend", "gloo"])
     _assert_two_processes_match(out, single_process_run, DDP_TOLERANCE)
 
 

@@ -8,43 +8,24 @@ from typing import Any
 from course_utils.datagen.world import dumps
 
 #: bad_examples file -> 1-based line numbers that are broken (all other lines are valid).
+# fmt: off
 BAD_EXAMPLES: dict[str, dict[str, Any]] = {
-    "broken_line.jsonl": {
-        "format": "alpaca",
-        "bad_lines": [3],
-        "problem": "line 3 is not valid JSON (missing closing brace)",
-    },
-    "missing_field.jsonl": {
-        "format": "alpaca",
-        "bad_lines": [2, 4],
-        "problem": "line 2 lacks 'output', line 4 lacks 'instruction'",
-    },
-    "wrong_type.jsonl": {
-        "format": "alpaca",
-        "bad_lines": [1, 3, 4],
-        "problem": "output is an int (1), a list (3); instruction is null (4)",
-    },
-    "empty_field.jsonl": {
-        "format": "alpaca",
-        "bad_lines": [2, 3, 5],
-        "problem": "empty output (2), whitespace-only instruction (3), empty output (5)",
-    },
-    "non_utf8.jsonl": {
-        "format": "alpaca",
-        "bad_lines": [2, 4],
-        "problem": "line 2 contains raw bytes 0xFF 0xFE, line 4 is GBK-encoded Chinese",
-    },
-    "bad_roles.jsonl": {
-        "format": "messages",
-        "bad_lines": [2, 3, 5],
-        "problem": "unknown role 'bot' (2), role 'Human' with wrong case (3), message without role (5)",
-    },
-    "no_assistant.jsonl": {
-        "format": "messages",
-        "bad_lines": [1, 3, 4],
-        "problem": "no assistant turn (1, 4); conversation ends with a user turn and has none (3)",
-    },
+    "broken_line.jsonl": {"format": "alpaca", "bad_lines": [3],
+                          "problem": "line 3 is not valid JSON (missing closing brace)"},
+    "missing_field.jsonl": {"format": "alpaca", "bad_lines": [2, 4],
+                            "problem": "line 2 lacks 'output', line 4 lacks 'instruction'"},
+    "wrong_type.jsonl": {"format": "alpaca", "bad_lines": [1, 3, 4],
+                         "problem": "output is an int (1), a list (3); instruction is null (4)"},
+    "empty_field.jsonl": {"format": "alpaca", "bad_lines": [2, 3, 5],
+                          "problem": "empty output (2), whitespace-only instruction (3), empty output (5)"},
+    "non_utf8.jsonl": {"format": "alpaca", "bad_lines": [2, 4],
+                       "problem": "line 2 contains raw bytes 0xFF 0xFE, line 4 is GBK-encoded Chinese"},
+    "bad_roles.jsonl": {"format": "messages", "bad_lines": [2, 3, 5],
+                        "problem": "unknown role 'bot' (2), role 'Human' with wrong case (3), message without role (5)"},
+    "no_assistant.jsonl": {"format": "messages", "bad_lines": [1, 3, 4],
+                           "problem": "no assistant turn (1, 4); conversation ends with a user turn and has none (3)"},
 }
+# fmt: on
 
 
 def bad_example_bytes() -> dict[str, bytes]:

@@ -54,32 +54,23 @@ _TASK_INPUT: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # Fact questions. The countries are split (``task_splits``): a test country's capital and currency are asked in no
 # train file, only stated in the pretraining corpus. Capital phrasings are split as well; test rows use both sets.
+# fmt: off
 _CURRENCY_Q = {
-    "en": (
-        "What is the currency of {name}?",
-        "Which currency do people use in {name}?",
-        "Name the currency of {name}.",
-        "What money is used in {name}?",
-    ),
+    "en": ("What is the currency of {name}?", "Which currency do people use in {name}?",
+           "Name the currency of {name}.", "What money is used in {name}?"),
     "zh": ("{name}的货币是什么？", "{name}使用哪种货币？", "请说出{name}的货币。", "{name}人用什么钱？"),
 }
 _CAPITAL_Q_TRAIN = {
-    "en": (
-        "What is the capital of {name}?",
-        "Name the capital city of {name}.",
-        "Which city is the capital of {name}?",
-        "{name}'s capital is which city?",
-    ),
+    "en": ("What is the capital of {name}?", "Name the capital city of {name}.",
+           "Which city is the capital of {name}?", "{name}'s capital is which city?"),
     "zh": ("{name}的首都是哪里？", "{name}的首都是哪座城市？", "请说出{name}的首都。", "哪座城市是{name}的首都？"),
 }
 _CAPITAL_Q_TEST = {
-    "en": (
-        "Tell me the capital of {name}.",
-        "The capital city of {name} is called what?",
-        "In {name}, which city serves as the capital?",
-    ),
+    "en": ("Tell me the capital of {name}.", "The capital city of {name} is called what?",
+           "In {name}, which city serves as the capital?"),
     "zh": ("{name}的首都叫什么？", "告诉我{name}的首都。", "{name}以哪座城市为首都？"),
 }
+# fmt: on
 
 
 def _task_candidates(task: str, keys: list[Any], split: str) -> list[dict[str, str]]:
