@@ -1,8 +1,9 @@
 """Helpers shared by the LLM training workbook notebooks and scripts.
 
 One module per topic: ``env``, ``data``, ``cleaning``, ``datagen`` (a package: one module per generated file),
-``tasks``, ``tokenizer``, ``collate``, ``loss``, ``models``, ``train``, ``sft``, ``lora``, ``peft_methods``, ``memory``,
-``preference``, ``evaluation``, ``export``, ``plotting``, ``exercises``, ``solutions``, ``bootstrap``. Import the module you need, e.g. ``from course_utils import env, models``.
+``tasks``, ``chat_formats``, ``tokenizer``, ``collate``, ``loss``, ``models``, ``train``, ``sft``, ``lora``,
+``peft_methods``, ``memory``, ``preference``, ``evaluation``, ``export``, ``plotting``, ``exercises``, ``solutions``,
+``bootstrap``. Import the module you need, e.g. ``from course_utils import env, models``.
 
 ``PROJECT_ROOT`` is the repository (its ``data_samples/`` and ``configs/``), found from this package's folder in a
 clone; if the package was installed on its own (a wheel in ``site-packages`` has no data), from ``$WORKBOOK_ROOT``

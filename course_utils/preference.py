@@ -528,11 +528,11 @@ PREFERENCE_SCHEMA: dict[str, type] = {"prompt": str, "chosen": str, "rejected": 
 
 
 def check_pair(row: dict[str, Any], path: Any = "<row>", line: int = 0) -> dict[str, Any]:
-    """A preference row as the chat template will render it: each side passes ``sft.check_content`` (not blank, no
+    """A preference row as the chat template will render it: each side passes ``chat_formats.check_content`` (not blank, no
     literal control token, no leading line break) and the two replies differ. Identical sides give a DPO loss of
     exactly log 2 and a zero gradient: the pair teaches nothing, so it is refused (or dropped and counted)."""
+    from course_utils.chat_formats import check_content
     from course_utils.data import DataFormatError
-    from course_utils.sft import check_content
 
     for name, role in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant")):
         check_content(row.get(name), path, line, name, role)

@@ -50,7 +50,7 @@ def main() -> None:
     import torch
     from transformers import HfArgumentParser
 
-    from course_utils import collate, models, sft
+    from course_utils import chat_formats, collate, models, sft
 
     (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses()
     torch.set_num_threads(args.threads)
@@ -58,7 +58,7 @@ def main() -> None:
     device = env.pick_device(args.device)
 
     _, tokenizer = models.load_model_and_tokenizer(args.model)
-    rows, report = sft.load_sft_rows(args.data)
+    rows, report = chat_formats.load_sft_rows(args.data)
     examples, drops = sft.encode_rows(rows[: args.num_examples], tokenizer, max_length=args.max_length)
     print(report)
     print(drops)

@@ -283,10 +283,10 @@ def sft_first_steps_inputs() -> list[str]:
     """The files the first-steps record depends on: the recipe, the base weights and the recipe's data files."""
     import yaml
 
-    from course_utils import PROJECT_ROOT, sft
+    from course_utils import PROJECT_ROOT, chat_formats
 
     config = yaml.safe_load((PROJECT_ROOT / SFT_FIRST_STEPS["recipe"]).read_text(encoding="utf-8"))
-    info = sft.load_dataset_info(PROJECT_ROOT / config["dataset_info"])
+    info = chat_formats.load_dataset_info(PROJECT_ROOT / config["dataset_info"])
     return [
         SFT_FIRST_STEPS["recipe"],
         "data_samples/tiny_base/model.safetensors",

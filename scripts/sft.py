@@ -202,7 +202,7 @@ def write_model_card(out: Path, metadata: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from course_utils import models, sft, train
+    from course_utils import chat_formats, models, sft, train
     from course_utils import tokenizer as tok
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -238,14 +238,14 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         raise SystemExit(f"unknown template {model_args.template!r} (chatml, qwen, tokenizer)")
 
-    rows, reports = sft.load_named_datasets(
+    rows, reports = chat_formats.load_named_datasets(
         data_args.dataset, data_args.dataset_info, data_args.dataset_dir, on_error="skip", limit=data_args.max_samples
     )
     for report in reports:
         print(report)
     eval_rows: list[dict] = []
     if data_args.eval_tasks:
-        eval_rows, _ = sft.load_sft_rows(data_args.eval_tasks, "alpaca")
+        eval_rows, _ = chat_formats.load_sft_rows(data_args.eval_tasks, "alpaca")
         eval_rows = eval_rows[: data_args.max_eval_samples] if data_args.max_eval_samples else eval_rows
     resolved = env.pick_device("cpu" if training_args.use_cpu else "auto")
     model.to(resolved)
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     data_files = [
         Path(data_args.dataset_dir) / entry["file_name"]
-        for name, entry in sft.load_dataset_info(data_args.dataset_info).items()
+        for name, entry in chat_formats.load_dataset_info(data_args.dataset_info).items()
         if name in data_args.dataset.split(",")
     ]
     arguments = {

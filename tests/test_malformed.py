@@ -5,7 +5,7 @@ counted under a reason that names the field; never a raw traceback from inside `
 never a silently empty or silently wrong dataset. The loaders:
 
 * ``data.read_jsonl`` (the one JSONL reader; every other loader calls it),
-* ``sft.load_sft_rows`` (alpaca / sharegpt / messages, with format detection),
+* ``chat_formats.load_sft_rows`` (alpaca / sharegpt / messages, with format detection),
 * ``preference.load_preference_rows``,
 * ``tasks.load_task_rows``,
 * ``data.load_corpus`` (the pretraining path: scripts/pretrain.py, make_tiny_base.py, notebooks 05/08,
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import data, evaluation, preference, sft
+from course_utils import chat_formats, data, evaluation, preference, sft
 from course_utils.data import DataFormatError
 
 GOOD = {
@@ -33,7 +33,7 @@ GOOD = {
 
 
 def load_sft(path, on_error="raise"):
-    return sft.load_sft_rows(path, on_error=on_error)
+    return chat_formats.load_sft_rows(path, on_error=on_error)
 
 
 def load_pref(path, on_error="raise"):
@@ -185,9 +185,9 @@ SFT_BAD = [
 def test_sft_bad_rows_strict_and_skip(tmp_path, row, field, words):
     path = write(tmp_path / "sft.jsonl", lines(GOOD["messages"], row))
     with pytest.raises(DataFormatError, match=words) as info:
-        sft.load_sft_rows(path)
+        chat_formats.load_sft_rows(path)
     assert (info.value.line, info.value.field) == (2, field) and str(path) in str(info.value)
-    rows, report = sft.load_sft_rows(path, on_error="skip")
+    rows, report = chat_formats.load_sft_rows(path, on_error="skip")
     assert len(rows) == 1 and report.rows_in == 2
     folded = field.replace("[0]", "[]").replace("[1]", "[]") if field else None
     (reason,) = report.dropped
@@ -199,8 +199,8 @@ def test_one_converter_per_format():
     assert not hasattr(data, "alpaca_to_messages") and not hasattr(data, "sharegpt_to_messages")
     row = {"instruction": "Add.", "input": "2 + 3", "output": "5"}
     assert (
-        sft.to_messages(row)
-        == sft.alpaca_to_messages(row)
+        chat_formats.to_messages(row)
+        == chat_formats.alpaca_to_messages(row)
         == [{"role": "user", "content": "Add.\n2 + 3"}, {"role": "assistant", "content": "5"}]
     )
 

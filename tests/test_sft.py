@@ -1,4 +1,4 @@
-"""Tests of course_utils.sft: masks equal three ways, truncation, bad conversations, formats, the script's YAML."""
+"""Tests of course_utils.sft: masks equal three ways, truncation, training, generation, the script's YAML."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from itertools import islice
 
 import pytest
 
-from course_utils import DATA_DIR, PROJECT_ROOT, TINY_BASE_DIR, models, sft, tasks
+from course_utils import DATA_DIR, PROJECT_ROOT, TINY_BASE_DIR, chat_formats, models, sft, tasks
 from course_utils.data import DataFormatError
 from course_utils.train import file_sha256
 
@@ -142,87 +142,15 @@ def test_loss_is_shifted_cross_entropy_on_assistant_tokens(tokenizer):
     assert torch.allclose(out.loss, manual, atol=1e-5)
 
 
-def test_bad_conversations_raise_with_file_line_field(tmp_path):
-    with pytest.raises(DataFormatError) as info:
-        sft.load_sft_rows(DATA_DIR / "bad_examples" / "bad_roles.jsonl")
-    assert info.value.line == 2 and info.value.field == "messages[1].role" and "unknown role 'bot'" in str(info.value)
-    with pytest.raises(DataFormatError) as info:
-        sft.load_sft_rows(DATA_DIR / "bad_examples" / "no_assistant.jsonl")
-    assert info.value.line == 1 and "no assistant turn" in str(info.value)
-    rows, report = sft.load_sft_rows(DATA_DIR / "bad_examples" / "bad_roles.jsonl", on_error="skip")
-    assert report.rows_in == 5 and len(rows) == 2 and sum(report.dropped.values()) == 3
-    rows, report = sft.load_sft_rows(DATA_DIR / "bad_examples" / "no_assistant.jsonl", on_error="skip")
-    assert len(rows) == 2 and report.dropped["no assistant turn (messages)"] == 3
-
-    path = tmp_path / "types.jsonl"
-    lines = [
-        {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
-        {"messages": "hello"},
-        {"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]},
-        {"instruction": "Add.", "input": "1 + 1", "output": 2},
-    ]
-    good = {"messages": CONVERSATIONS["single"]}
-    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n" + json.dumps(good) + "\n", encoding="utf-8")
-    _, report = sft.load_sft_rows(path, on_error="skip")
-    assert report.rows_in == 6 and report.rows_out == 1
-    expected = [(1, "messages[0].content"), (2, "messages"), (3, "conversations[1].from"), (4, "output")]
-    for (line, field), row in zip(expected, lines):
-        with pytest.raises(DataFormatError) as info:
-            sft.to_messages(row, path=path, line=line)
-        assert info.value.line == line and info.value.field == field and str(path) in str(info.value)
-    with pytest.raises(DataFormatError) as info:
-        sft.load_sft_rows(path)
-    assert info.value.line == 1 and info.value.field == "messages[0].content"
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text(json.dumps({"messages": CONVERSATIONS["single"]}) + "\n{broken\n")
-    with pytest.raises(DataFormatError, match="invalid JSON") as info:
-        sft.load_sft_rows(broken)
-    assert info.value.line == 2
+def test_encode_chat_checks_the_conversation_first():
     with pytest.raises(DataFormatError, match="unknown role"):
         sft.encode_chat([{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}], None)
 
 
-def test_formats_convert_to_one_form():
-    alpaca = {"instruction": "Add the numbers.", "input": "2 + 2", "output": "4", "system": "Be brief."}
-    assert sft.alpaca_to_messages(alpaca) == [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Add the numbers.\n2 + 2"},
-        {"role": "assistant", "content": "4"},
-    ]
-    assert sft.alpaca_to_messages({"instruction": "Hi", "input": "", "output": "Hello"})[0]["content"] == "Hi"
-    with_history = sft.alpaca_to_messages({"instruction": "b?", "output": "B", "history": [["a?", "A"]]})
-    assert [m["role"] for m in with_history] == ["user", "assistant", "user", "assistant"]
-    sharegpt = {
-        "conversations": [
-            {"from": "system", "value": "S"},
-            {"from": "human", "value": "Q"},
-            {"from": "gpt", "value": "A"},
-        ]
-    }
-    messages = {
-        "messages": [
-            {"role": "system", "content": "S"},
-            {"role": "user", "content": "Q"},
-            {"role": "assistant", "content": "A"},
-        ]
-    }
-    assert sft.to_messages(sharegpt) == sft.to_messages(messages) == messages["messages"]
-    assert sft.detect_format(alpaca) == "alpaca"
-
-    info = sft.load_dataset_info(PROJECT_ROOT / "configs" / "dataset_info.json")
-    rows, reports = sft.load_named_datasets(
-        "sharegpt_sample,sft_messages,tasks_train", PROJECT_ROOT / "configs" / "dataset_info.json", DATA_DIR, limit=5
-    )
-    assert len(rows) == 15 and all(r.rows_out == 5 for r in reports)
-    assert {"tasks_train", "tasks_test", "sft_messages", "sharegpt_sample"} <= set(info)
-    task_row = json.loads((DATA_DIR / "tasks_train.jsonl").read_text(encoding="utf-8").splitlines()[0])
-    assert sft.to_messages(task_row, info["tasks_train"]) == tasks.task_to_messages(task_row)
-
-
 def test_sharegpt_sample_masks_equal_template(tokenizer):
-    rows, report = sft.load_sft_rows(DATA_DIR / "sharegpt_sample.jsonl")
+    rows, report = chat_formats.load_sft_rows(DATA_DIR / "sharegpt_sample.jsonl")
     assert report.rows_out == 50
-    for row in rows + sft.load_sft_rows(DATA_DIR / "sft_messages.jsonl", limit=200)[0]:
+    for row in rows + chat_formats.load_sft_rows(DATA_DIR / "sft_messages.jsonl", limit=200)[0]:
         mine = sft.encode_chat(row["messages"], tokenizer, max_length=64)
         lib = sft.encode_chat_with_template(row["messages"], tokenizer, max_length=64)
         assert mine["labels"] == lib["labels"] and mine["input_ids"] == lib["input_ids"]
@@ -251,7 +179,7 @@ def tiny_sft():
 def test_generate_and_accuracy_on_tiny_sft(tiny_sft):
     model, tokenizer = tiny_sft
     path = models.LOCAL_MODELS["tiny-sft"]
-    rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
+    rows, _ = chat_formats.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
     accuracy = sft.task_accuracy(model, tokenizer, rows[:60])
     scores = sft.score_tasks(model, tokenizer, rows[:60])  # the same greedy answers, kept with their tasks
     per_task = scores.by_task()
@@ -391,7 +319,7 @@ def test_sampled_generation_is_seeded_and_grouped(tiny_sft):
     from course_utils import preference
 
     model, tokenizer = tiny_sft
-    rows, _ = sft.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
+    rows, _ = chat_formats.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
     prompts = [tasks.task_to_messages(r, with_answer=False) for r in rows[:3]]
     first = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
     again = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
