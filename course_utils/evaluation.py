@@ -65,11 +65,11 @@ def block_split_documents(
 ) -> tuple[set[int], set[int]]:
     """Row indices of the documents in the training blocks and in the test blocks of ``scripts/make_tiny_base.py``'s
     split (packed with the tiny base's tokenizer, ``train_test_split`` of the blocks); the two sets overlap."""
-    from course_utils import tokenizer as tok
     from course_utils.data import load_corpus, tokenize_and_pack
+    from course_utils.tokenizer import load_tiny_tokenizer
 
     raw = load_corpus(Path(corpus) if corpus is not None else DATA_DIR / "pretrain_corpus.jsonl")
-    packed = tokenize_and_pack(raw, tok.load_tiny_tokenizer(), block_size=block_size, document_ids=True)
+    packed = tokenize_and_pack(raw, load_tiny_tokenizer(), block_size=block_size, document_ids=True)
     split = packed.train_test_split(test_size=test_size, seed=seed)
     return (
         {d for block in split["train"]["document"] for d in block},

@@ -71,7 +71,7 @@ def check_assistant_only_labels(
 ) -> bool:
     """``fn(tokenizer, messages)`` returns ``(input_ids, labels)``: the template's ids, and labels that keep only the
     assistant replies and their ``<|im_end|>`` (-100 elsewhere, not shifted)."""
-    from course_utils import tokenizer as tk
+    from course_utils.tokenizer import render_with_template
 
     ok, result = _call(fn, tokenizer, LABELS_CONVERSATION)
     if not ok:
@@ -79,7 +79,7 @@ def check_assistant_only_labels(
     input_ids, labels = result
     input_ids, labels = list(input_ids), list(labels)
     problems = []
-    if input_ids != tk.render_with_template(tokenizer, LABELS_CONVERSATION):
+    if input_ids != render_with_template(tokenizer, LABELS_CONVERSATION):
         problems.append("input_ids differ from the chat template's rendering")
     if len(labels) != len(input_ids):
         problems.append(f"labels have length {len(labels)}, input_ids {len(input_ids)}")

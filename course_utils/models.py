@@ -140,20 +140,20 @@ def load_tokenizer(name: str = "tiny-base", template: str = "training") -> "PreT
     """
     from transformers import AutoTokenizer
 
-    from course_utils import tokenizer as tok
+    from course_utils.tokenizer import load_tiny_tokenizer, use_training_template
 
     if template not in ("training", "model"):
         raise ValueError(f"template must be 'training' or 'model', not {template!r}")
     if name == "tiny":
-        tokenizer = tok.load_tiny_tokenizer()
+        tokenizer = load_tiny_tokenizer()
     elif name in LOCAL_MODELS:
-        tokenizer = tok.load_tiny_tokenizer(Path(resolve_model_path(name)))
+        tokenizer = load_tiny_tokenizer(Path(resolve_model_path(name)))
     else:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     if tokenizer.pad_token is None:
         raise ValueError(f"{name}: tokenizer has no pad token; set a dedicated one, not eos (see notebook 02)")
     if template == "training":
-        tok.use_training_template(tokenizer)
+        use_training_template(tokenizer)
     return tokenizer
 
 
@@ -371,12 +371,12 @@ def reference_loss(
     """
     import torch
 
-    from course_utils import tokenizer as tok
     from course_utils.loss import IGNORE_INDEX
+    from course_utils.tokenizer import iter_corpus_texts
 
     examples: list[tuple[list[int], list[int]]] = []
     if kind == "text":
-        for _, text in zip(range(num_documents), tok.iter_corpus_texts()):
+        for _, text in zip(range(num_documents), iter_corpus_texts()):
             ids = tokenizer(text, add_special_tokens=False)["input_ids"][:128]
             examples.append((ids, ids))
     elif kind == "chat":

@@ -62,14 +62,14 @@ def main() -> None:
     from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator
 
     from course_utils import data, train
-    from course_utils import tokenizer as tok
+    from course_utils.tokenizer import load_tiny_tokenizer
 
     (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses()
     torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
     device = env.pick_device("auto")
     precision = env.pick_precision(device)
-    tokenizer = tok.load_tiny_tokenizer()
+    tokenizer = load_tiny_tokenizer()
     corpus = data.load_corpus(DATA_DIR / "pretrain_corpus.jsonl")
     packed = data.tokenize_and_pack(corpus, tokenizer, block_size=args.block_size)
     n_blocks = (args.steps + args.warmup) * args.batch_size

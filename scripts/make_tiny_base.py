@@ -41,7 +41,7 @@ def main() -> None:
     from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator
 
     from course_utils import data, models, train
-    from course_utils import tokenizer as tok
+    from course_utils.tokenizer import ENDOFTEXT, iter_corpus_texts, train_tiny_tokenizer
 
     (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses()
     env.seed_everything(args.seed)
@@ -50,7 +50,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
-    tokenizer = tok.train_tiny_tokenizer(tok.iter_corpus_texts(Path(args.corpus)), vocab_size=args.vocab_size)
+    tokenizer = train_tiny_tokenizer(iter_corpus_texts(Path(args.corpus)), vocab_size=args.vocab_size)
     corpus = data.load_corpus(args.corpus)
     packed = data.tokenize_and_pack(corpus, tokenizer, block_size=args.block_size)
     split = packed.train_test_split(test_size=0.02, seed=args.seed)
@@ -93,7 +93,7 @@ def main() -> None:
     print("losses", losses)
     print(f"eval loss {metrics['eval_loss']:.4f}  perplexity {torch.exp(torch.tensor(metrics['eval_loss'])):.2f}")
 
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(tok.ENDOFTEXT)]
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(ENDOFTEXT)]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))

@@ -203,7 +203,7 @@ def write_model_card(out: Path, metadata: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     from course_utils import chat_formats, models, sft, train
-    from course_utils import tokenizer as tok
+    from course_utils.tokenizer import IM_END, IM_START, has_generation_markers, use_training_template
 
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [a for a in argv if a != "--online"]
@@ -221,15 +221,15 @@ def main(argv: list[str] | None = None) -> dict:
         model_args.model_name_or_path, seed=training_args.seed, template="model"
     )
     if model_args.template in ("chatml", "qwen"):
-        for special in (tok.IM_START, tok.IM_END):
+        for special in (IM_START, IM_END):
             if special not in tokenizer.get_vocab():
                 raise SystemExit(f"template {model_args.template!r} needs {special} in the vocabulary")
         tokenizer.chat_template = None  # the project's ChatML (generation markers, <|im_end|> as EOS)
-        tok.use_training_template(tokenizer)
+        use_training_template(tokenizer)
         models.sync_generation_config(model, tokenizer)
         method = "scratch"
     elif model_args.template == "tokenizer":
-        if not tok.has_generation_markers(tokenizer.chat_template):
+        if not has_generation_markers(tokenizer.chat_template):
             raise SystemExit(
                 "template `tokenizer`: the tokenizer's chat template has no {% generation %} markers "
                 "(it would train 0 tokens); use `template: chatml`"
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
             tokenizer.save_pretrained(str(out / "adapter"))
             model = model.merge_and_unload()
     if ft_args.finetuning_type == "full" or ft_args.merge_lora:
-        im_end = tokenizer.convert_tokens_to_ids(tok.IM_END)
+        im_end = tokenizer.convert_tokens_to_ids(IM_END)
         model.generation_config.eos_token_id = [im_end]
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(str(out))

@@ -183,11 +183,11 @@ def test_heldout_documents_were_never_trained_on(tokenizer, tmp_path, monkeypatc
     document; the blocks the old evaluation used (a split of packed blocks) did share documents with training.
     Computed here (an empty cache), then answered from the cache with the same documents."""
     from course_utils import DATA_DIR
-    from course_utils import tokenizer as tok
     from course_utils.data import load_corpus, tokenize_and_pack
+    from course_utils.tokenizer import load_tiny_tokenizer
 
     raw = load_corpus(DATA_DIR / "pretrain_corpus.jsonl")
-    base_tokenizer = tok.load_tiny_tokenizer()  # what make_tiny_base.py packed with
+    base_tokenizer = load_tiny_tokenizer()  # what make_tiny_base.py packed with
     packed = tokenize_and_pack(raw, base_tokenizer, block_size=128, document_ids=True)
     assert all(len(doc) == len(ids) for doc, ids in zip(packed["document"], packed["input_ids"]))
     split = packed.train_test_split(test_size=0.02, seed=0)

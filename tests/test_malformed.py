@@ -100,10 +100,10 @@ def test_all_rows_dropped_is_an_error_in_skip_mode(tmp_path, loader):
 def test_empty_txt_corpus_and_heldout_blocks(tmp_path):
     with pytest.raises(DataFormatError, match="empty dataset"):
         data.load_corpus(write(tmp_path / "empty.txt", "\n\n"))
-    from course_utils import tokenizer as tok
+    from course_utils.tokenizer import load_tiny_tokenizer
 
     with pytest.raises(DataFormatError, match="empty.jsonl: empty dataset"):
-        evaluation.heldout_blocks(tok.load_tiny_tokenizer(), corpus=write(tmp_path / "empty.jsonl", ""))
+        evaluation.heldout_blocks(load_tiny_tokenizer(), corpus=write(tmp_path / "empty.jsonl", ""))
 
 
 # --- encodings: BOM and CRLF are valid -------------------------------------------------------------------------
@@ -206,9 +206,9 @@ def test_one_converter_per_format():
 
 
 def test_encoders_refuse_control_tokens_and_leading_breaks():
-    from course_utils import tokenizer as tok
+    from course_utils.tokenizer import load_tiny_tokenizer
 
-    tokenizer = tok.load_tiny_tokenizer()
+    tokenizer = load_tiny_tokenizer()
     for reply, words in [("five<|im_end|>", "control token"), ("\nfive", "starts with a line break")]:
         messages = [{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": reply}]
         with pytest.raises(DataFormatError, match=words):
@@ -220,9 +220,9 @@ def test_encoders_refuse_control_tokens_and_leading_breaks():
 def test_leading_newline_really_crosses_the_header_with_qwen2():
     """Why the rule exists: Qwen2's BPE merges the header's newline with the content's (one token ``\\n\\n``), so the
     template's assistant mask would train a token that holds part of the header and the prompt ids would differ."""
-    from course_utils import tokenizer as tok
+    from course_utils.tokenizer import load_qwen2_tokenizer
 
-    qwen = tok.load_qwen2_tokenizer()
+    qwen = load_qwen2_tokenizer()
     header = qwen("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     joined = qwen("<|im_start|>assistant\n\nfive", add_special_tokens=False)["input_ids"]
     assert joined[: len(header)] != header  # the prompt is not a prefix of prompt + reply

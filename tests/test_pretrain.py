@@ -22,8 +22,8 @@ env.setup_offline()
 import torch  # noqa: E402
 
 from course_utils import data, models, train  # noqa: E402
-from course_utils import tokenizer as tok  # noqa: E402
 from course_utils.loss import causal_lm_loss, count_target_tokens  # noqa: E402
+from course_utils.tokenizer import iter_corpus_texts, train_tiny_tokenizer  # noqa: E402
 
 CORPUS = DATA_DIR / "pretrain_corpus.jsonl"
 SCRIPT = PROJECT_ROOT / "scripts" / "pretrain.py"
@@ -35,7 +35,7 @@ DEEPSPEED_TOLERANCE = 1e-3
 
 def _documents(n: int) -> list[str]:
     texts = []
-    for text in tok.iter_corpus_texts(CORPUS):
+    for text in iter_corpus_texts(CORPUS):
         texts.append(text)
         if len(texts) == n:
             break
@@ -45,7 +45,7 @@ def _documents(n: int) -> list[str]:
 @pytest.fixture(scope="module")
 def small_tokenizer(tmp_path_factory):
     """A 512-token BPE trained on 300 documents (independent of the committed tiny base), saved to a folder."""
-    tokenizer = tok.train_tiny_tokenizer(_documents(300), vocab_size=512)
+    tokenizer = train_tiny_tokenizer(_documents(300), vocab_size=512)
     folder = tmp_path_factory.mktemp("tokenizer")
     tokenizer.save_pretrained(folder)
     return tokenizer, folder

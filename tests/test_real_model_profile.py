@@ -28,7 +28,12 @@ from pathlib import Path
 import pytest
 
 from course_utils import PROJECT_ROOT, env, memory, models
-from course_utils import tokenizer as tok
+from course_utils.tokenizer import (
+    CHAT_TEMPLATE,
+    has_generation_markers,
+    template_matches_inference,
+    use_training_template,
+)
 
 env.setup_offline()
 
@@ -68,7 +73,7 @@ def test_standins_look_like_hub_checkpoints(standins):
         assert raw("Hello!")["input_ids"] == [9707, 0]  # Qwen2's real ids
         config = AutoConfig.from_pretrained(str(path))
         assert config.model_type == ("llama" if kind == "llama" else "qwen2")
-        assert tok.has_generation_markers(raw.chat_template) == (kind == "llama")
+        assert has_generation_markers(raw.chat_template) == (kind == "llama")
         if kind == "qwen2-base":
             assert raw.eos_token == raw.pad_token == "<|endoftext|>"
         else:
@@ -82,11 +87,11 @@ def test_loading_gives_fp32_weights_and_one_training_template(standins):
         model, tokenizer = models.load_model_and_tokenizer(str(path))
         assert {p.dtype for p in model.parameters()} == {torch.float32}, kind  # fp32 master weights
         assert tokenizer.eos_token == "<|im_end|>" != tokenizer.pad_token, kind
-        assert tok.has_generation_markers(tokenizer.chat_template), kind
+        assert has_generation_markers(tokenizer.chat_template), kind
         if kind == "llama":  # its own template has markers: kept
-            assert tokenizer.chat_template != tok.CHAT_TEMPLATE
+            assert tokenizer.chat_template != CHAT_TEMPLATE
         else:  # Qwen2.5's template has none: the project's ChatML replaces it, the original is kept aside
-            assert tokenizer.chat_template == tok.CHAT_TEMPLATE
+            assert tokenizer.chat_template == CHAT_TEMPLATE
             assert "You are Qwen" in tokenizer.init_kwargs["model_chat_template"]
         eos = model.generation_config.eos_token_id
         assert tokenizer.eos_token_id in (eos if isinstance(eos, list) else [eos])
@@ -120,10 +125,10 @@ def test_template_without_markers_is_a_clear_error(standins):
         sft.encode_chat_with_template(messages, tokenizer)
     with pytest.raises(ValueError, match="0 trained tokens"):
         sft.encode_rows([messages], tokenizer, method="template")
-    tok.use_training_template(tokenizer)
+    use_training_template(tokenizer)
     item = sft.encode_chat_with_template(messages, tokenizer)
     assert item["labels"].count(-100) < len(item["labels"])
-    assert tok.template_matches_inference(tokenizer, messages, item["input_ids"])
+    assert template_matches_inference(tokenizer, messages, item["input_ids"])
 
 
 def test_greedy_evaluation_ignores_the_checkpoint_sampling_config(standins):

@@ -36,11 +36,11 @@ CONVERSATIONS = {
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from course_utils import tokenizer as tok
+    from course_utils.tokenizer import iter_corpus_texts, load_tiny_tokenizer, train_tiny_tokenizer
 
     if (TINY_BASE_DIR / "tokenizer.json").exists():
-        return tok.load_tiny_tokenizer()
-    return tok.train_tiny_tokenizer(islice(tok.iter_corpus_texts(), 400), vocab_size=1024)
+        return load_tiny_tokenizer()
+    return train_tiny_tokenizer(islice(iter_corpus_texts(), 400), vocab_size=1024)
 
 
 def test_scratch_equals_apply_chat_template(tokenizer):
@@ -168,12 +168,12 @@ def tiny_sft():
     """The committed SFT model and its tokenizer (skips while data_samples/tiny_sft is not built)."""
     from transformers import AutoModelForCausalLM
 
-    from course_utils import tokenizer as tok
+    from course_utils.tokenizer import load_tiny_tokenizer
 
     path = models.LOCAL_MODELS["tiny-sft"]
     if not (path / "model.safetensors").exists():
         pytest.skip("data_samples/tiny_sft not built yet")
-    return AutoModelForCausalLM.from_pretrained(str(path)), tok.load_tiny_tokenizer(path)
+    return AutoModelForCausalLM.from_pretrained(str(path)), load_tiny_tokenizer(path)
 
 
 def test_generate_and_accuracy_on_tiny_sft(tiny_sft):

@@ -6,18 +6,22 @@ import pytest
 
 from course_utils import TINY_BASE_DIR
 from course_utils.tokenizer import (
+    CHAT_TEMPLATE,
     IM_END,
     PAD,
     SPECIAL_TOKENS,
     chars_per_token,
     compression,
     eos_label_kept,
+    has_generation_markers,
     load_qwen2_tokenizer,
     load_tiny_tokenizer,
     render_with_template,
+    require_generation_markers,
     template_matches_inference,
     train_sentencepiece,
     train_tiny_tokenizer,
+    use_training_template,
     wrap_tokenizer,
 )
 
@@ -146,16 +150,14 @@ def test_qwen2_tokenizer_offline():
 
 def test_training_template_decision():
     """One decision for every tokenizer: keep a template with generation markers, else install ChatML."""
-    from course_utils import tokenizer as tok
-
-    assert tok.has_generation_markers(tok.CHAT_TEMPLATE)
-    assert tok.has_generation_markers("{%- generation -%}x{%- endgeneration -%}")
-    assert not tok.has_generation_markers("{{ messages[0]['content'] }}") and not tok.has_generation_markers(None)
-    tiny = tok.load_tiny_tokenizer()
-    assert tok.use_training_template(tiny) == "model" and tiny.chat_template == tok.CHAT_TEMPLATE
+    assert has_generation_markers(CHAT_TEMPLATE)
+    assert has_generation_markers("{%- generation -%}x{%- endgeneration -%}")
+    assert not has_generation_markers("{{ messages[0]['content'] }}") and not has_generation_markers(None)
+    tiny = load_tiny_tokenizer()
+    assert use_training_template(tiny) == "model" and tiny.chat_template == CHAT_TEMPLATE
     tiny.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # a template without markers
     with __import__("pytest").raises(ValueError, match="generation"):
-        tok.require_generation_markers(tiny)
-    assert tok.use_training_template(tiny) == "chatml" and tiny.chat_template == tok.CHAT_TEMPLATE
+        require_generation_markers(tiny)
+    assert use_training_template(tiny) == "chatml" and tiny.chat_template == CHAT_TEMPLATE
     assert tiny.init_kwargs["model_chat_template"].startswith("{% for m")
-    assert tiny.eos_token == tok.IM_END
+    assert tiny.eos_token == IM_END
