@@ -128,6 +128,12 @@ def check_messages(
     return out
 
 
+def alpaca_prompt(instruction: str, query: str | None = None) -> str:
+    """The user turn of an Alpaca row, as LLaMA-Factory writes it: ``instruction``, then ``input`` on a new line
+    (omitted when empty). The checkable tasks are Alpaca rows, so ``tasks.task_prompt`` is this too."""
+    return instruction + ("\n" + query if query else "")
+
+
 def alpaca_to_messages(
     row: Mapping[str, Any], columns: Mapping[str, str] | None = None, path: str | Path = "<row>", line: int = 0
 ) -> list[dict[str, str]]:
@@ -161,8 +167,10 @@ def alpaca_to_messages(
         for side, role in enumerate(("user", "assistant")):
             check_content(pair[side], path, line, f"{cols['history']}[{index}][{side}]", role)
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-    prompt = values["prompt"] + ("\n" + values["query"] if values["query"] else "")
-    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": values["response"]}]
+    messages += [
+        {"role": "user", "content": alpaca_prompt(values["prompt"], values["query"])},
+        {"role": "assistant", "content": values["response"]},
+    ]
     return messages
 
 

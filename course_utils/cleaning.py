@@ -314,7 +314,7 @@ def near_dedup(
     return _select(dataset, keep), pairs
 
 
-# --- format conversion: one converter per format, in ``course_utils.sft`` (``alpaca_to_messages``,
+# --- format conversion: one converter per format, in ``course_utils.chat_formats`` (``alpaca_to_messages``,
 # ``sharegpt_to_messages``, ``to_messages``), with the same checks as every loader ------------------------------
 
 # --- splitting ---------------------------------------------------------------------------------------------------

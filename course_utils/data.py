@@ -282,10 +282,10 @@ def load_corpus(
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write rows as UTF-8 JSONL (``ensure_ascii=False``), one object per line."""
+    """Write rows as UTF-8 JSONL (``ensure_ascii=False``), one object per line, ``\\n`` line endings on every OS."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from course_utils import DATA_DIR
+from course_utils.chat_formats import alpaca_prompt
 from course_utils.data import read_jsonl
 
 __all__ = [
@@ -38,8 +39,9 @@ TASK_SCHEMA: dict[str, type] = {"id": str, "task": str, "instruction": str, "inp
 
 # ----------------------------------------------------------------------------------------------- the prompt
 def task_prompt(row: Mapping[str, Any]) -> str:
-    """User-facing prompt of a task row: instruction, then input on a new line if present."""
-    return row["instruction"] + ("\n" + row["input"] if row.get("input") else "")
+    """User-facing prompt of a task row: instruction, then input on a new line if present (a task row is an Alpaca
+    row: ``chat_formats.alpaca_prompt``)."""
+    return alpaca_prompt(row["instruction"], row.get("input"))
 
 
 def task_to_messages(

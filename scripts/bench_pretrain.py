@@ -146,12 +146,8 @@ def main() -> None:
             max_steps=args.steps + args.warmup,
             learning_rate=1e-3,
             logging_steps=10_000,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=device.type == "cpu",
             dataloader_drop_last=True,
-            **env.trainer_precision_kwargs(device),
+            **{**env.trainer_defaults(device), "disable_tqdm": True},  # no bar drawn inside the timed loop
         )
         trainer = Trainer(
             model=model, args=targs, train_dataset=packed, data_collator=default_data_collator, callbacks=[clock]

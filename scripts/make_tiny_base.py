@@ -71,13 +71,9 @@ def main() -> None:
         max_grad_norm=1.0,
         max_steps=args.max_steps,
         logging_steps=100,
-        eval_strategy="no",
-        save_strategy="no",
-        report_to="none",
         seed=args.seed,
-        data_seed=args.seed,
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
+        # no checkpoints or reports, data order by the seed, the hardware's precision (fp32 on the CPU that built it)
+        **env.trainer_defaults("cuda" if torch.cuda.is_available() else "cpu", seed=args.seed),
     )
     trainer = Trainer(
         model=model,

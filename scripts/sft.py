@@ -11,8 +11,9 @@ The YAML keys are LLaMA-Factory's where they exist (``stage``, ``model_name_or_p
 ``lora_alpha``, ``lora_dropout``, ``max_samples``) plus any ``transformers.TrainingArguments`` field
 (``output_dir``, ``learning_rate``, ``per_device_train_batch_size``, ``max_steps``, ...). As in Hugging Face's
 ``run_clm.py`` the arguments are dataclasses parsed by ``HfArgumentParser``; ``--key value`` after the YAML file
-overrides it. The data pipeline is ``course_utils.sft`` (the functions notebook 06 teaches): conversations ->
-ChatML tokens with labels -100 outside the assistant replies -> ``Trainer``. The output folder gets safetensors
+overrides it. The data pipeline is what notebook 06 teaches: rows of any format -> conversations
+(``course_utils.chat_formats``) -> ChatML tokens with labels -100 outside the assistant replies (``course_utils.sft``)
+-> ``Trainer``. The output folder gets safetensors
 weights (a LoRA adapter, plus merged weights with ``merge_lora: true``), the tokenizer, ``metadata.json`` and a short
 model card.
 """
@@ -202,7 +203,7 @@ def write_model_card(out: Path, metadata: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from course_utils import chat_formats, models, sft, train
+    from course_utils import chat_formats, models, sft, tasks, train
     from course_utils.tokenizer import IM_END, IM_START, has_generation_markers, use_training_template
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -245,8 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(report)
     eval_rows: list[dict] = []
     if data_args.eval_tasks:
-        eval_rows, _ = chat_formats.load_sft_rows(data_args.eval_tasks, "alpaca")
-        eval_rows = eval_rows[: data_args.max_eval_samples] if data_args.max_eval_samples else eval_rows
+        eval_rows = tasks.load_task_rows(data_args.eval_tasks, limit=data_args.max_eval_samples or None)
     resolved = env.pick_device("cpu" if training_args.use_cpu else "auto")
     model.to(resolved)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import unicodedata
 from pathlib import Path
@@ -83,24 +82,9 @@ def test_committed_files_match_fresh_generation(full: dict[str, Path]) -> None:
         )
 
 
-def test_cli_small(tmp_path: Path) -> None:
+def test_cli_small(tmp_path: Path, run_script) -> None:
     out = tmp_path / "cli"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "generate_data.py"),
-            "--seed",
-            "5",
-            "--out",
-            str(out),
-            "--scale",
-            "0.02",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr
+    run_script(["scripts/generate_data.py", "--seed", "5", "--out", str(out), "--scale", "0.02"], timeout=120)
     ref = datagen.generate_all(tmp_path / "ref", seed=5, scale=0.02)
     for key, rel in datagen.FILES.items():
         assert file_sha256(out / rel) == file_sha256(ref[key]), rel
@@ -238,6 +222,15 @@ def test_no_test_prompt_in_training_files(data: dict[str, list[dict]]) -> None:
 
 
 # --------------------------------------------------------------------------- scoring
+
+
+def test_fact_replies_are_the_corpus_sentences() -> None:
+    """The gold reply of a fact task restates the corpus' first fact sentence (tasks.FACT_REPLY is that route)."""
+    from course_utils.datagen.world import FACT_TEMPLATES
+
+    for task, by_lang in tasks.FACT_REPLY.items():
+        for lang, reply in by_lang.items():
+            assert reply == FACT_TEMPLATES[lang][task][0], (task, lang)
 
 
 def test_gold_answers_score(data: dict[str, list[dict]]) -> None:

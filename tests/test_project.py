@@ -88,7 +88,7 @@ def test_profiles_name_every_notebook_and_only_declared_parameters():
 def test_no_notebook_or_script_keeps_its_own_model_registry():
     """Model names resolve in course_utils.models alone: no folder table of data_samples/tiny_* elsewhere."""
     sources = [p for p in (ROOT / "scripts").glob("*.py")] + [
-        p for p in (ROOT / "course_utils").glob("*.py") if p.name != "models.py"
+        p for p in (ROOT / "course_utils").rglob("*.py") if p.name != "models.py"
     ]
     for path in sources:
         text = path.read_text(encoding="utf-8")
@@ -128,7 +128,7 @@ def test_no_stderr_noise_in_stored_outputs(path):
 
 def test_docstrings_cite_only_files_that_exist():
     """A command in a docstring or README that names a config file must name one that is in the repository."""
-    sources = list((ROOT / "scripts").glob("*.py")) + list((ROOT / "course_utils").glob("*.py")) + [ROOT / "README.md"]
+    sources = list((ROOT / "scripts").glob("*.py")) + list((ROOT / "course_utils").rglob("*.py")) + [ROOT / "README.md"]
     cited = {
         (path.name, match)
         for path in sources
@@ -201,7 +201,7 @@ def test_one_word_for_the_course_material():
         for match in re.finditer(r".{0,6}(?<!随机)种子.{0,6}", path.read_text(encoding="utf-8"))
     ]
     assert not clashes, clashes[:5]
-    code = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "course_utils").glob("*.py"))
+    code = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "course_utils").rglob("*.py"))
     assert not re.search(r"\bseeds?_(table|formula|preprocess)", code)
 
 
@@ -218,7 +218,7 @@ def test_no_cell_relies_on_a_trailing_semicolon(path):
 def test_no_code_passes_the_removed_safe_serialization_argument():
     """transformers 5 removed `save_pretrained(safe_serialization=...)` and swallows it silently (notebook 05 shows it);
     safetensors is the default in transformers and PEFT, so the project's code does not pass it."""
-    files = [*ROOT.glob("course_utils/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py")]
+    files = [*ROOT.glob("course_utils/**/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py")]
     offenders = [
         str(p.relative_to(ROOT))
         for p in files

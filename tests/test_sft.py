@@ -179,7 +179,7 @@ def tiny_sft():
 def test_generate_and_accuracy_on_tiny_sft(tiny_sft):
     model, tokenizer = tiny_sft
     path = models.LOCAL_MODELS["tiny-sft"]
-    rows, _ = chat_formats.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
+    rows = tasks.load_task_rows(DATA_DIR / "tasks_test.jsonl")
     accuracy = sft.task_accuracy(model, tokenizer, rows[:60])
     scores = sft.score_tasks(model, tokenizer, rows[:60])  # the same greedy answers, kept with their tasks
     per_task = scores.by_task()
@@ -319,7 +319,7 @@ def test_sampled_generation_is_seeded_and_grouped(tiny_sft):
     from course_utils import preference
 
     model, tokenizer = tiny_sft
-    rows, _ = chat_formats.load_sft_rows(DATA_DIR / "tasks_test.jsonl")
+    rows = tasks.load_task_rows(DATA_DIR / "tasks_test.jsonl")
     prompts = [tasks.task_to_messages(r, with_answer=False) for r in rows[:3]]
     first = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)
     again = sft.generate_answers(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, seed=1)

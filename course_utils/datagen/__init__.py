@@ -30,10 +30,9 @@ Standard library only.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
+from course_utils.data import write_jsonl
 from course_utils.datagen.alpaca_raw import BANNED_WORDS, DIRTY_KINDS, dirty_manifest, make_alpaca, make_alpaca_raw
 from course_utils.datagen.bad_examples import BAD_EXAMPLES, bad_example_bytes
 from course_utils.datagen.chats import make_sft_messages, make_sharegpt
@@ -41,7 +40,7 @@ from course_utils.datagen.preference_pairs import make_preference_pairs
 from course_utils.datagen.pretrain_corpus import make_pretrain_corpus
 from course_utils.datagen.readme import render_readme
 from course_utils.datagen.task_rows import make_tasks
-from course_utils.datagen.world import DEFAULT_SEED, Country, build_world, dumps, task_splits, world_facts
+from course_utils.datagen.world import DEFAULT_SEED, Country, build_world, task_splits, world_facts
 
 __all__ = [
     "BAD_EXAMPLES",
@@ -85,32 +84,25 @@ FILES: dict[str, str] = {
 }
 
 
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for r in rows:
-            f.write(dumps(r) + "\n")
-
-
 def generate_all(out_dir: Path, seed: int = DEFAULT_SEED, scale: float = 1.0) -> dict[str, Path]:
     """Write every sample-data file (and README.md) under ``out_dir``; return name -> path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / v for k, v in FILES.items()}
-    write_jsonl(paths["pretrain"], make_pretrain_corpus(seed, scale))
+    write_jsonl(make_pretrain_corpus(seed, scale), paths["pretrain"])
     tr, te = make_tasks(seed, scale)
-    write_jsonl(paths["tasks_train"], tr)
-    write_jsonl(paths["tasks_test"], te)
+    write_jsonl(tr, paths["tasks_train"])
+    write_jsonl(te, paths["tasks_test"])
     rows, manifest = make_alpaca(seed, scale)
-    write_jsonl(paths["alpaca_raw"], rows)
+    write_jsonl(rows, paths["alpaca_raw"])
     paths["alpaca_manifest"].write_text(
         json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8", newline="\n"
     )
-    write_jsonl(paths["sft_messages"], make_sft_messages(seed, scale))
-    write_jsonl(paths["sharegpt"], make_sharegpt(seed, scale))
+    write_jsonl(make_sft_messages(seed, scale), paths["sft_messages"])
+    write_jsonl(make_sharegpt(seed, scale), paths["sharegpt"])
     ptr, pte = make_preference_pairs(seed, scale)
-    write_jsonl(paths["preference_train"], ptr)
-    write_jsonl(paths["preference_test"], pte)
+    write_jsonl(ptr, paths["preference_train"])
+    write_jsonl(pte, paths["preference_test"])
     (out_dir / "bad_examples").mkdir(exist_ok=True)
     for name, data in bad_example_bytes().items():
         (out_dir / "bad_examples" / name).write_bytes(data)
