@@ -335,8 +335,8 @@ def quiet_trainer_kwargs(device: "torch.device | str" = "cpu", seed: int = 0) ->
     a GPU, where activation memory decides whether a real model fits, TRL's default stays."""
     from course_utils import env
 
-    on_cpu = env.pick_device(device or "auto").type == "cpu"
-    return {**env.trainer_defaults(device, seed), "seed": seed, "gradient_checkpointing": not on_cpu}
+    defaults = env.trainer_defaults(device, seed)  # resolves the device once: use_cpu says where it runs
+    return {**defaults, "seed": seed, "gradient_checkpointing": not defaults["use_cpu"]}
 
 
 def rows_to_dataset(rows: Iterable[dict[str, Any]], conversational: bool = True) -> "datasets.Dataset":
